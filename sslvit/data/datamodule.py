@@ -1,0 +1,188 @@
+"""The LightningDataModule every self-supervised method trains from."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from sslvit.data.collate import MaskFn, collate_eval, collate_multicrop
+from sslvit.data.transformed import ImageDataset, IndexedEvalDataset, TransformedDataset
+from sslvit.utils.distributed import is_distributed
+
+
+class SSLDataModule(L.LightningDataModule):
+    """Multi-crop pretraining batches plus deterministic, labelled evaluation loaders.
+
+    ``train_dataloader`` yields :class:`~sslvit.data.batch.MultiCropBatch` (masks drawn in the workers
+    when ``masking`` is set). Evaluation callbacks (k-NN, linear probe) call :meth:`eval_dataloader`,
+    which yields ``(images, labels, indices)`` from a fixed subset; there is no ``val_dataloader``.
+
+    Args:
+        train_set: pretraining dataset, ``[i] -> (PIL image, label) | None`` (labels may be -1).
+        transform: multi-crop transform, ``image -> (global crops, local crops)``.
+        batch_size: per-device pretraining batch size.
+        num_workers: DataLoader worker processes (0 = load in the main process).
+        patch_size: backbone patch size; crop sizes must be multiples of it and masks use the grid
+            ``global_crop_size // patch_size``.
+        eval_train_set: labelled dataset for the k-NN bank / probe training, or None.
+        eval_val_set: labelled dataset for the k-NN queries / probe evaluation, or None.
+        eval_transform: deterministic ``image -> tensor``; required when an evaluation set is given.
+        masking: optional ``(n, (grid_h, grid_w)) -> (n, N)`` bool mask generator, called in collate.
+        eval_batch_size: evaluation batch size.
+        eval_train_samples: evaluate on this many ``eval_train_set`` samples (None = all): the first N of
+            a permutation seeded by ``seed``, so every run and every rank uses the same subset.
+        eval_val_samples: the same for ``eval_val_set``.
+        pin_memory: pin loader memory (useful with CUDA).
+        persistent_workers: keep the training workers alive between epochs (only with workers).
+        drop_last: drop the last incomplete training batch (keeps per-step batch statistics comparable).
+        seed: seed of the evaluation subsets.
+        root: config convenience that dataset configs interpolate (``${data.root}``); only stored.
+        val_root: the same for a separate validation folder.
+        labelled: the same for whether a folder has class sub-folders.
+    """
+
+    def __init__(
+        self,
+        train_set: ImageDataset,
+        transform: Callable[[Any], Any],
+        batch_size: int,
+        num_workers: int,
+        patch_size: int,
+        eval_train_set: ImageDataset | None = None,
+        eval_val_set: ImageDataset | None = None,
+        eval_transform: Callable[[Any], torch.Tensor] | None = None,
+        masking: MaskFn | None = None,
+        eval_batch_size: int = 256,
+        eval_train_samples: int | None = None,
+        eval_val_samples: int | None = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        drop_last: bool = True,
+        seed: int = 0,
+        root: str | None = None,
+        val_root: str | None = None,
+        labelled: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1 or num_workers < 0 or patch_size < 1:
+            raise ValueError(
+                f"need batch_size, eval_batch_size, patch_size >= 1 and num_workers >= 0, got {batch_size}, "
+                f"{eval_batch_size}, {patch_size}, {num_workers}"
+            )
+        for name in ("global_crop_size", "local_crop_size"):
+            size = getattr(transform, name, None)
+            if size is not None and size % patch_size:
+                raise ValueError(f"transform {name}={size} is not a multiple of patch_size={patch_size}")
+        if (eval_train_set is not None or eval_val_set is not None) and eval_transform is None:
+            raise ValueError("evaluation datasets were given without an eval_transform")
+        self.train_set = train_set
+        self.transform = transform
+        self._batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.patch_size = int(patch_size)
+        self.eval_sets = {"train": eval_train_set, "val": eval_val_set}
+        self.eval_samples = {"train": eval_train_samples, "val": eval_val_samples}
+        self.eval_transform = eval_transform
+        self.masking = masking
+        self.eval_batch_size = int(eval_batch_size)
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.drop_last = drop_last
+        self.seed = seed
+        self.root, self.val_root, self.labelled = root, val_root, labelled
+        self._num_classes = _shared_num_classes(eval_train_set, eval_val_set)
+
+    @property
+    def batch_size(self) -> int:
+        """Per-device pretraining batch size."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:  # Lightning's batch-size tuner assigns it
+        self._batch_size = int(value)
+
+    @property
+    def has_labels(self) -> bool:
+        """True when both evaluation splits exist and carry class labels (k-NN / probes can run)."""
+        return self._num_classes > 0
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the evaluation sets; 0 when :attr:`has_labels` is False."""
+        return self._num_classes
+
+    def train_dataloader(self) -> DataLoader:
+        if self.drop_last and len(self.train_set) < self.batch_size:
+            raise ValueError(
+                f"train set has {len(self.train_set)} samples, fewer than batch_size={self.batch_size} "
+                "with drop_last=true: no batch would be produced"
+            )
+        collate = functools.partial(collate_multicrop, mask_fn=self.masking, patch_size=self.patch_size)
+        return DataLoader(
+            TransformedDataset(self.train_set, self.transform),
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory,
+            drop_last=self.drop_last,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def eval_indices(self, split: Literal["train", "val"]) -> list[int]:
+        """Sorted indices of the evaluation subset of ``split`` (all indices when no limit is set)."""
+        dataset = self._eval_set(split)
+        limit = self.eval_samples[split]
+        if limit is None or limit >= len(dataset):
+            return list(range(len(dataset)))
+        generator = torch.Generator().manual_seed(self.seed)
+        return sorted(torch.randperm(len(dataset), generator=generator)[: int(limit)].tolist())
+
+    def eval_dataloader(self, split: Literal["train", "val"]) -> DataLoader:
+        """Loader of ``(images (B,C,H,W), labels (B,) int64, indices (B,) int64)`` over the eval subset.
+
+        Under ``torch.distributed`` each rank gets a shard (``DistributedSampler(shuffle=False)``, which
+        pads by repeating samples; de-duplicate gathered results by ``indices``).
+        """
+        assert self.eval_transform is not None  # checked in __init__ whenever an eval set exists
+        dataset = IndexedEvalDataset(self._eval_set(split), self.eval_transform, self.eval_indices(split))
+        # Lightning only shards the loaders it owns; callbacks call this one directly.
+        sampler: DistributedSampler | None = None
+        if is_distributed():
+            sampler = DistributedSampler(dataset, shuffle=False)
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_eval,
+            pin_memory=self.pin_memory,
+            drop_last=False,
+        )
+
+    def _eval_set(self, split: str) -> ImageDataset:
+        if split not in self.eval_sets:
+            raise ValueError(f"evaluation split must be 'train' or 'val', got {split!r}")
+        dataset = self.eval_sets[split]
+        if dataset is None:
+            raise ValueError(f"no evaluation dataset for split {split!r} (data.eval_{split}_set is null)")
+        return dataset
+
+
+def _shared_num_classes(train_set: Any, val_set: Any) -> int:
+    """Class count of the two evaluation sets; 0 unless both exist and are labelled alike."""
+    if train_set is None or val_set is None:
+        return 0
+    train_classes, val_classes = getattr(train_set, "classes", None), getattr(val_set, "classes", None)
+    if train_classes is not None and val_classes is not None and list(train_classes) != list(val_classes):
+        raise ValueError(
+            f"eval_train_set and eval_val_set have different classes ({len(train_classes)} vs "
+            f"{len(val_classes)}); their label ids would not match"
+        )
+    return len(train_classes) if train_classes is not None else 0

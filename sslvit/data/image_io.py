@@ -1,0 +1,83 @@
+"""Decode any image file to 8-bit RGB, or fail with the path in the message.
+
+Datasets call :func:`load_rgb` so that every mode Pillow can open (grayscale, palette, alpha, CMYK,
+16-bit) reaches the transforms as the same thing, and so that broken files fail *here*, where the
+dataset can catch the error and skip the sample, rather than later inside a transform.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+# Modes holding one channel of more than 8 bits; Pillow's own convert("RGB") clips them to 255.
+_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+class UnreadableImageError(OSError):
+    """A file could not be decoded as an image. The message names the path and the cause."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"cannot read image {self.path}: {reason}")
+
+
+def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+    """Open ``path``, decode all of its pixels and return an 8-bit RGB image.
+
+    Conversions:
+        * ``L`` / ``1`` / ``CMYK`` / ``YCbCr`` / ...: Pillow's ``convert("RGB")``.
+        * ``RGBA`` / ``LA`` / ``PA`` / ``P`` with transparency: alpha-composited on **black**. The colour
+          stored under a fully transparent pixel is undefined (encoders leave whatever was there), so
+          dropping alpha can expose hidden junk; compositing makes transparent areas a fixed colour, and
+          black is the value the normalised pixel distribution treats as "nothing there".
+        * 16-bit (``I;16*``) and 32-bit (``I``, ``F``) grayscale: rescaled to 0..255 (65535 -> 255,
+          32768 -> 128), not clipped; values outside the 16-bit range are min-max scaled.
+
+    Raises:
+        UnreadableImageError: on any failure (missing file, not an image, truncated data, ...).
+    """
+    try:
+        with Image.open(path) as img:
+            # Decode everything now: Image.open is lazy and a truncated file would otherwise only
+            # fail when a transform first touches the pixels.
+            img.load()
+            return _to_rgb(img)
+    except UnreadableImageError:
+        raise
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img.copy()  # detach from the file handle closed by the caller's ``with``
+    if mode in _HIGH_BIT_DEPTH_MODES:
+        return _high_bit_depth_to_l(img).convert("RGB")
+    if mode == "P":
+        # Palette transparency (a transparent index or per-entry alpha) only survives through RGBA.
+        mode = "RGBA" if "transparency" in img.info else "RGB"
+        img = img.convert(mode)
+    elif mode in ("LA", "PA", "La", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
+    """Map a >8-bit single-channel image to mode ``L`` by scaling, never clipping."""
+    values = np.asarray(img).astype(np.float64)
+    if img.mode == "F" and values.size and values.min() >= 0.0 and values.max() <= 1.0:
+        scaled = values * 255.0  # float images in [0, 1]
+    elif values.size and values.min() >= 0.0 and values.max() <= 65535.0:
+        scaled = values * (255.0 / 65535.0)  # 16-bit data, also what 16-bit PNGs decode to as mode I
+    else:
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / max(high - low, 1e-12))
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))

@@ -1,0 +1,142 @@
+"""DINO multi-crop augmentation: a few large "global" views and several small "local" views per image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from sslvit.data.transforms.blur import GaussianBlur
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def blur_kernel_size(crop_size: int) -> int:
+    """Odd Gaussian-blur kernel of about 10% of the crop side (at least 3): 224 -> 23, 96 -> 11, 28 -> 3."""
+    return max(3, round(0.1 * crop_size) | 1)
+
+
+class MultiCropTransform:
+    """Multi-crop views with the DINO / iBOT photometric recipe (Caron et al., 2021, arXiv:2104.14294).
+
+    Every view: RandomResizedCrop (bicubic), horizontal flip, colour jitter with probability
+    ``color_jitter_p``, grayscale with probability ``grayscale_p``, Gaussian blur, normalisation. The
+    views differ in blur and solarisation, as in the paper: global view 1 is always blurred (p 1.0),
+    global view 2 rarely (p 0.1) but may be solarised (p 0.2), local views are blurred with p 0.5. The
+    blur kernel is sized for each crop (about 10% of its side, as in SimCLR / BYOL) so the same sigma
+    range works at 28 px and at 224 px; it is a separable re-implementation of torchvision's blur
+    (:class:`~sslvit.data.transforms.blur.GaussianBlur`, 3x faster).
+
+    Args:
+        global_crop_size: side of the global crops (the teacher's input; 224 in the paper).
+        local_crop_size: side of the local crops (96 for patch 16).
+        num_local_crops: number of local crops (10 in DINO / iBOT; 0 allowed).
+        global_crop_scale: RandomResizedCrop area range of the global crops ((0.4, 1) DINO, (0.32, 1) iBOT).
+        local_crop_scale: area range of the local crops ((0.05, 0.4) DINO, (0.05, 0.32) iBOT).
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation std.
+        flip_p: horizontal-flip probability.
+        color_jitter: (brightness, contrast, saturation, hue) strengths.
+        color_jitter_p: probability of applying the colour jitter.
+        grayscale_p: probability of converting to grayscale (kept 3-channel).
+        blur_p: blur probability for (global view 1, global views 2.., local views).
+        solarize_p: solarisation probability of global views 2.. (global view 1 is never solarised).
+        blur_sigma: Gaussian sigma range in pixels.
+        num_global_crops: number of global crops (2 in the paper; view 1 gets the first recipe, the
+            others the second).
+
+    Returns (from ``__call__``):
+        ``(global_crops, local_crops)``: lists of normalised float tensors (3, H, W).
+    """
+
+    def __init__(
+        self,
+        global_crop_size: int,
+        local_crop_size: int,
+        num_local_crops: int,
+        global_crop_scale: Sequence[float] = (0.4, 1.0),
+        local_crop_scale: Sequence[float] = (0.05, 0.4),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        flip_p: float = 0.5,
+        color_jitter: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
+        color_jitter_p: float = 0.8,
+        grayscale_p: float = 0.2,
+        blur_p: Sequence[float] = (1.0, 0.1, 0.5),
+        solarize_p: float = 0.2,
+        blur_sigma: Sequence[float] = (0.1, 2.0),
+        num_global_crops: int = 2,
+    ) -> None:
+        if num_global_crops < 1 or num_local_crops < 0:
+            raise ValueError(
+                f"need num_global_crops >= 1 and num_local_crops >= 0, "
+                f"got {num_global_crops} and {num_local_crops}"
+            )
+        if len(blur_p) != 3:
+            raise ValueError(f"blur_p needs 3 probabilities (global 1, global 2, locals), got {list(blur_p)}")
+        self.global_crop_size = int(global_crop_size)
+        self.local_crop_size = int(local_crop_size)
+        self.num_global_crops = int(num_global_crops)
+        self.num_local_crops = int(num_local_crops)
+        # Hydra hands lists as ListConfig; plain tuples keep the transforms picklable and printable.
+        sigma = _pair(blur_sigma)
+        common = dict(
+            flip_p=flip_p,
+            jitter=T.ColorJitter(*(float(v) for v in color_jitter)),
+            jitter_p=color_jitter_p,
+            grayscale_p=grayscale_p,
+            sigma=sigma,
+            normalize=T.Normalize(tuple(float(m) for m in mean), tuple(float(s) for s in std)),
+        )
+        global_scale, local_scale = _pair(global_crop_scale), _pair(local_crop_scale)
+        self.global_view_1 = _view(self.global_crop_size, global_scale, blur_p[0], 0.0, **common)
+        self.global_view_2 = _view(self.global_crop_size, global_scale, blur_p[1], solarize_p, **common)
+        self.local_view = _view(self.local_crop_size, local_scale, blur_p[2], 0.0, **common)
+
+    def __call__(self, image: Image.Image) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        global_crops = [self.global_view_1(image)]
+        global_crops += [self.global_view_2(image) for _ in range(self.num_global_crops - 1)]
+        local_crops = [self.local_view(image) for _ in range(self.num_local_crops)]
+        return global_crops, local_crops
+
+    def __repr__(self) -> str:
+        return (
+            f"MultiCropTransform({self.num_global_crops}x{self.global_crop_size}px + "
+            f"{self.num_local_crops}x{self.local_crop_size}px)\n  global 1: {self.global_view_1}\n"
+            f"  global 2: {self.global_view_2}\n  local: {self.local_view}"
+        )
+
+
+def _pair(values: Sequence[float]) -> tuple[float, float]:
+    low, high = (float(v) for v in values)
+    return low, high
+
+
+def _view(
+    size: int,
+    scale: tuple[float, float],
+    blur_p: float,
+    solarize_p: float,
+    *,
+    flip_p: float,
+    jitter: T.ColorJitter,
+    jitter_p: float,
+    grayscale_p: float,
+    sigma: tuple[float, float],
+    normalize: T.Normalize,
+) -> T.Compose:
+    steps: list[object] = [
+        T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(p=flip_p),
+        T.RandomApply([jitter], p=jitter_p),
+        T.RandomGrayscale(p=grayscale_p),
+    ]
+    if blur_p > 0:
+        steps.append(T.RandomApply([GaussianBlur(blur_kernel_size(size), sigma=sigma)], p=blur_p))
+    if solarize_p > 0:
+        steps.append(T.RandomSolarize(threshold=128, p=solarize_p))
+    steps += [T.ToTensor(), normalize]
+    return T.Compose(steps)

@@ -1,0 +1,3 @@
+from sslvit.heads.dino_head import DINOHead
+
+__all__ = ["DINOHead"]

@@ -1,0 +1,75 @@
+"""DINO projection head: MLP -> bottleneck -> l2-normalise -> weight-normalised prototypes."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DINOHead(nn.Module):
+    """Projection head of DINO (Caron et al., 2021, arXiv:2104.14294), also used by iBOT and DINOv2.
+
+    ``nlayers``-layer MLP (GELU) to a ``bottleneck_dim`` embedding, l2-normalised, then a linear layer to
+    ``out_dim`` prototypes whose weight is normalised per prototype (weight normalisation). With
+    ``norm_last_layer=True`` the weight-norm gain is fixed to 1, i.e. the logits are cosine similarities
+    between the embedding and the prototypes; this stabilises training (paper, appendix).
+
+    The prototype directions are stored unnormalised in ``prototypes`` (K, bottleneck) and normalised in
+    every forward pass: this is exactly weight normalisation with g = 1 and gives the same gradients.
+
+    Args:
+        in_dim: backbone feature size.
+        out_dim: number of prototypes K (65536 for DINO ViT-S/16).
+        hidden_dim: MLP width (2048).
+        bottleneck_dim: embedding size before the prototypes (256).
+        nlayers: MLP depth (3); 1 means a single linear layer to the bottleneck.
+        norm_last_layer: fix the prototype norm to 1 instead of learning a gain per prototype.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        nlayers: int = 3,
+        norm_last_layer: bool = True,
+    ) -> None:
+        super().__init__()
+        if nlayers < 1:
+            raise ValueError(f"DINOHead needs nlayers >= 1, got {nlayers}")
+        dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
+        layers: list[nn.Module] = []
+        for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
+            layers.append(nn.Linear(d_in, d_out))
+            if i < len(dims) - 2:
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        self.prototypes = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
+        # Per-prototype gain of weight normalisation; frozen at 1 when norm_last_layer.
+        self.prototype_gain = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        nn.init.trunc_normal_(self.prototypes, std=0.02)
+
+    @property
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        """Parameters frozen during the first epoch(s) (the prototypes)."""
+        return [self.prototypes, self.prototype_gain]
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_dim) -> l2-normalised (..., bottleneck_dim) embedding."""
+        return F.normalize(self.mlp(x), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_dim) features -> (..., out_dim) logits."""
+        weight = self.prototype_gain * F.normalize(self.prototypes, dim=-1)
+        return F.linear(self.embed(x), weight)

@@ -1,0 +1,186 @@
+"""The one base LightningModule of the teacher–student methods (DINO, iBOT, DINOv2)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from sslvit.methods.optim_config import OptimConfig
+from sslvit.utils.param_groups import param_groups
+from sslvit.utils.schedules import cosine_schedule
+
+
+class TeacherStudentModule(L.LightningModule):
+    """Student networks, an EMA teacher, step-based schedules, parameter groups and clipping.
+
+    A leaf method adds its heads to ``self.student`` (a ``ModuleDict`` that already holds ``backbone``),
+    then calls :meth:`build_teacher`, and writes ``training_step``. Everything that every method needs
+    lives here, so the leaves read like their papers.
+
+    * The teacher is a frozen copy of the student updated after every *optimizer* step with
+      ``theta_t <- m theta_t + (1 - m) theta_s`` (correct under gradient accumulation), m following a
+      cosine from ``momentum_teacher`` to ``momentum_teacher_end``. It always stays in eval mode.
+    * lr, weight decay and momentum are pure functions of ``trainer.global_step`` (exact resume).
+    * ``forward(images)`` returns the teacher backbone's CLS features: what evaluation reads.
+
+    Args:
+        backbone: the student backbone (a ``MaskedViT``); the teacher gets a deep copy.
+        optim: optimiser and schedule settings.
+        momentum_teacher: EMA momentum at the first step (DINO 0.996).
+        momentum_teacher_end: EMA momentum at the last step (1.0).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optim: OptimConfig,
+        momentum_teacher: float = 0.996,
+        momentum_teacher_end: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.student = nn.ModuleDict({"backbone": backbone})
+        self.teacher: nn.ModuleDict | None = None
+        self.optim = optim
+        self.momentum_teacher = momentum_teacher
+        self.momentum_teacher_end = momentum_teacher_end
+        self.embed_dim: int = int(backbone.embed_dim)  # type: ignore[arg-type]
+
+    # ----------------------------------------------------------------------------------- teacher
+    def build_teacher(self) -> None:
+        """Create the teacher as a frozen copy of the (complete) student. Call at the end of __init__."""
+        self.teacher = copy.deepcopy(self.student)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher.eval()
+
+    def train(self, mode: bool = True) -> TeacherStudentModule:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # no dropout / drop path in the teacher, ever
+        return self
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """theta_t <- m theta_t + (1 - m) theta_s for every teacher parameter."""
+        assert self.teacher is not None
+        student = dict(self.student.named_parameters())
+        pairs = [(t, student[name].detach()) for name, t in self.teacher.named_parameters()]
+        torch._foreach_lerp_([t for t, _ in pairs], [s for _, s in pairs], 1.0 - momentum)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,C,H,W) images -> (B,D) teacher CLS features (evaluation features)."""
+        assert self.teacher is not None
+        return self.teacher["backbone"](images)
+
+    # --------------------------------------------------------------------------------- schedules
+    @property
+    def total_steps(self) -> int:
+        return max(1, int(self.trainer.estimated_stepping_batches))
+
+    @property
+    def steps_per_epoch(self) -> float:
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is None or max_epochs <= 0:
+            return float(self.total_steps)
+        return self.total_steps / max_epochs
+
+    def epochs_to_steps(self, epochs: float) -> int:
+        return round(epochs * self.steps_per_epoch)
+
+    @property
+    def global_batch_size(self) -> int:
+        trainer = self.trainer
+        return self.optim.batch_size_per_device * trainer.world_size * trainer.accumulate_grad_batches
+
+    def schedule_values(self, step: int) -> dict[str, float]:
+        """Every schedule of the base at optimizer step ``step`` (0-based)."""
+        o, total = self.optim, self.total_steps
+        return {
+            "lr": cosine_schedule(
+                step,
+                total,
+                o.scaled_lr(self.global_batch_size),
+                o.min_lr,
+                self.epochs_to_steps(o.warmup_epochs),
+            ),
+            "wd": cosine_schedule(step, total, o.weight_decay, o.weight_decay_end),
+            "momentum": cosine_schedule(step, total, self.momentum_teacher, self.momentum_teacher_end),
+        }
+
+    # --------------------------------------------------------------------------------- optimizer
+    def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
+        """Biases, norms (all 1-d parameters), position embedding and the CLS / register / mask tokens."""
+        if param.ndim <= 1:
+            return True
+        backbone: Any = self.student["backbone"]
+        exempt = backbone.no_weight_decay() if hasattr(backbone, "no_weight_decay") else set()
+        return name.startswith("backbone.") and name.removeprefix("backbone.") in exempt
+
+    def layer_id(self, name: str) -> int:
+        backbone: Any = self.student["backbone"]
+        if name.startswith("backbone."):
+            return int(backbone.layer_id(name.removeprefix("backbone.")))
+        return len(backbone.blocks) + 1  # heads sit above the last block
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = param_groups(
+            self.student.named_parameters(),
+            no_weight_decay=self.no_weight_decay,
+            layer_id=self.layer_id,
+            num_layers=len(self.student["backbone"].blocks),  # type: ignore[arg-type]
+            layer_decay=self.optim.layer_decay,
+            patch_embed_lr_mult=self.optim.patch_embed_lr_mult,
+        )
+        fused = self.optim.fused and torch.cuda.is_available()
+        betas = tuple(self.optim.betas)
+        # lr / weight_decay are overwritten before every step by the schedules.
+        return torch.optim.AdamW(groups, lr=0.0, betas=(betas[0], betas[1]), fused=fused or None)
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        """Parameters frozen for the first ``freeze_last_layer_epochs``; leaves list their prototypes."""
+        return []
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Freezing the prototypes for the first epoch(s) helps DINO avoid early collapse (paper, appendix).
+        if self.trainer.global_step < self.epochs_to_steps(self.optim.freeze_last_layer_epochs):
+            for p in self.last_layer_parameters():
+                p.grad = None
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | int | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        if self.optim.clip_grad > 0:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.optim.clip_grad, gradient_clip_algorithm="norm"
+            )
+
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        step = self.trainer.global_step
+        values = self.schedule_values(step)
+        for group in optimizer.param_groups:
+            group["lr"] = values["lr"] * group["lr_scale"]
+            group["weight_decay"] = values["wd"] if group["apply_wd"] else 0.0
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Once per optimizer step, whatever accumulate_grad_batches is.
+        self.update_teacher(values["momentum"])
+        self.log_dict({f"sched/{k}": v for k, v in values.items()}, on_step=True, on_epoch=False)
+
+    # ------------------------------------------------------------------------------------ logging
+    def log_losses(self, total: torch.Tensor, terms: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Log ``train/loss`` and ``train/<term>_loss`` for each named term."""
+        self.log("train/loss", total.detach(), on_step=True, prog_bar=True, batch_size=batch_size)
+        terms_logged = {f"train/{name}_loss": value.detach() for name, value in terms.items()}
+        self.log_dict(terms_logged, on_step=True, on_epoch=False, batch_size=batch_size)
+
+    def log_skipped(self, num_skipped: int) -> None:
+        """Count unreadable images the loader dropped (summed over the epoch)."""
+        self.log("data/skipped_images", float(num_skipped), on_step=False, on_epoch=True, reduce_fx="sum")

@@ -1,0 +1,94 @@
+"""DINO as a LightningModule."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sslvit.data.batch import MultiCropBatch
+from sslvit.heads import DINOHead
+from sslvit.losses import Centering, DINOLoss
+from sslvit.methods.base import TeacherStudentModule
+from sslvit.methods.multicrop import cat_by_resolution
+from sslvit.methods.optim_config import OptimConfig
+from sslvit.utils.schedules import linear_warmup
+
+
+class DINO(TeacherStudentModule):
+    """Self-distillation with no labels (Caron et al., 2021, arXiv:2104.14294).
+
+    The student sees every crop, the EMA teacher only the global crops; the student's distribution on
+    each view is trained to match the teacher's centred, sharpened distribution on every *other* global
+    view. Defaults are the paper's ViT-S/16 recipe.
+
+    Args:
+        backbone: student backbone (a ``MaskedViT``).
+        optim: optimiser and schedules.
+        out_dim: number of prototypes K (65536).
+        hidden_dim / bottleneck_dim / head_layers / norm_last_layer: DINOHead shape (2048 / 256 / 3 / True).
+        student_temp: student temperature (0.1).
+        teacher_temp: teacher temperature after warm-up (0.04-0.07; paper default 0.04 for ViT-S, 0.07 max).
+        warmup_teacher_temp: teacher temperature at step 0 (0.04).
+        warmup_teacher_temp_epochs: length of the linear teacher-temperature warm-up (30).
+        center_momentum: centering momentum (0.9).
+        momentum_teacher / momentum_teacher_end: EMA momentum cosine (0.996 -> 1).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optim: OptimConfig,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        head_layers: int = 3,
+        norm_last_layer: bool = True,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_epochs: float = 30.0,
+        center_momentum: float = 0.9,
+        momentum_teacher: float = 0.996,
+        momentum_teacher_end: float = 1.0,
+    ) -> None:
+        super().__init__(backbone, optim, momentum_teacher, momentum_teacher_end)
+        self.save_hyperparameters(ignore=["backbone", "optim"])
+        self.student["head"] = DINOHead(
+            self.embed_dim, out_dim, hidden_dim, bottleneck_dim, head_layers, norm_last_layer
+        )
+        self.build_teacher()
+        self.centering = Centering(out_dim, center_momentum)
+        self.dino_loss = DINOLoss(student_temp)
+        self.teacher_temp = teacher_temp
+        self.warmup_teacher_temp = warmup_teacher_temp
+        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        head: DINOHead = self.student["head"]  # type: ignore[assignment]
+        return head.last_layer_parameters
+
+    def current_teacher_temp(self) -> float:
+        warmup = self.epochs_to_steps(self.warmup_teacher_temp_epochs)
+        return linear_warmup(self.trainer.global_step, warmup, self.warmup_teacher_temp, self.teacher_temp)
+
+    def training_step(self, batch: MultiCropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        assert self.teacher is not None
+        num_global = len(batch.global_crops)
+        self.log_skipped(batch.num_skipped)
+
+        with torch.no_grad():
+            teacher_cls = self.teacher["backbone"](torch.cat(batch.global_crops))  # (G*B, D)
+            teacher_logits = self.teacher["head"](teacher_cls)  # (G*B, K)
+            teacher_temp = self.current_teacher_temp()
+            teacher_probs = self.centering.probs(teacher_logits, teacher_temp).chunk(num_global)
+
+        crops = batch.global_crops + batch.local_crops
+        student_cls = torch.cat([self.student["backbone"](x) for x in cat_by_resolution(crops)])
+        student_logits = self.student["head"](student_cls).chunk(len(crops))  # S x (B, K)
+
+        dino_loss = self.dino_loss(list(student_logits), list(teacher_probs))
+        self.centering.update(teacher_logits)
+
+        self.log_losses(dino_loss, {"dino": dino_loss}, batch.batch_size)
+        self.log("sched/teacher_temp", teacher_temp, on_step=True, on_epoch=False)
+        return {"loss": dino_loss, "features": teacher_cls[: batch.batch_size].detach()}

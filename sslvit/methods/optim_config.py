@@ -1,0 +1,55 @@
+"""Optimisation settings shared by every teacher–student method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its step-based schedules (METHODS.md, "Schedules"; DINO defaults).
+
+    Attributes:
+        base_lr: learning rate at the reference batch size (DINO: 5e-4 at 256).
+        lr_scaling: how lr grows with the global batch B: "linear" (base * B / ref, DINO/iBOT),
+            "sqrt" (base * sqrt(B / ref), DINOv2 with ref 1024) or "none".
+        lr_reference_batch: the reference batch size of that rule.
+        min_lr: final lr of the cosine.
+        warmup_epochs: linear lr warm-up from 0.
+        weight_decay / weight_decay_end: cosine weight-decay schedule (0.04 -> 0.4).
+        betas: AdamW betas.
+        clip_grad: max global gradient norm (0 disables).
+        freeze_last_layer_epochs: prototypes get no update during these first epochs (1 in DINO).
+        layer_decay: layer-wise lr decay (1 = off).
+        patch_embed_lr_mult: lr factor on the patch embedding.
+        batch_size_per_device: per-device batch, read from the data config to compute the global batch.
+        fused: use the fused AdamW kernel (CUDA only; ignored on CPU).
+    """
+
+    base_lr: float = 5e-4
+    lr_scaling: str = "linear"
+    lr_reference_batch: int = 256
+    min_lr: float = 1e-6
+    warmup_epochs: float = 10.0
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float = 3.0
+    freeze_last_layer_epochs: float = 1.0
+    layer_decay: float = 1.0
+    patch_embed_lr_mult: float = 1.0
+    batch_size_per_device: int = 64
+    fused: bool = False
+
+    def __post_init__(self) -> None:
+        if self.lr_scaling not in ("linear", "sqrt", "none"):
+            raise ValueError(f"optim.lr_scaling must be linear, sqrt or none, got {self.lr_scaling!r}")
+
+    def scaled_lr(self, global_batch: int) -> float:
+        """Peak learning rate for ``global_batch`` images per optimizer step."""
+        ratio = global_batch / self.lr_reference_batch
+        if self.lr_scaling == "linear":
+            return self.base_lr * ratio
+        if self.lr_scaling == "sqrt":
+            return self.base_lr * ratio**0.5
+        return self.base_lr

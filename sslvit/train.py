@@ -1,0 +1,133 @@
+"""The training task: compose objects from the Hydra config, fit, write summary.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from sslvit.callbacks.run_config import RunConfigInCheckpoint
+from sslvit.utils.checkpoint import backbone_state_dict, load_backbone_weights, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def quiet_known_warnings() -> None:
+    """Silence two messages that are expected here, by message only (everything else still shows)."""
+    # Lightning 2.6.6 on torch 2.14 warns about torch.utils._pytree.LeafSpec on every fit; harmless.
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # The EMA teacher is kept in eval mode on purpose (no dropout / drop path in the teacher).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    # Under Hydra the root logger already prints to the console and train.log; Lightning's own console
+    # handler would print every message twice.
+    if HydraConfig.initialized():
+        lightning_log = logging.getLogger("lightning.pytorch")
+        for handler in list(lightning_log.handlers):
+            if isinstance(handler, logging.StreamHandler):
+                lightning_log.removeHandler(handler)
+
+
+def output_dir_of(cfg: DictConfig) -> Path:
+    """The run's output folder: Hydra's when running under Hydra, else ``cfg.output_dir`` or the cwd."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.get("output_dir") or os.getcwd())
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` -> this run folder's ``checkpoints/last.ckpt``; a file path must exist."""
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise FileNotFoundError(
+                f"ckpt_path=last: no {last}; "
+                "resume inside the earlier run's folder with hydra.run.dir=<that folder>"
+            )
+        return str(last)
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path {ckpt_path} does not exist")
+    return ckpt_path
+
+
+def init_backbones(model: Any, path: str) -> None:
+    """``init_from=<file>``: student and teacher backbones from a checkpoint; heads and optimizer fresh."""
+    state = backbone_state_dict(load_checkpoint(path))
+    for network in (model.student, model.teacher):
+        if network is not None:
+            load_backbone_weights(network["backbone"], state, source=f"init_from={path}")
+    log.info("initialised student and teacher backbones from %s", path)
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                continue
+            value = value.item()
+        if isinstance(value, int | float):
+            out[key] = float(value)
+    return dict(sorted(out.items()))
+
+
+def write_json_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job described by ``cfg``; return the summary also written to summary.json."""
+    start = time.time()
+    quiet_known_warnings()
+    output_dir = output_dir_of(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    backbone = instantiate(cfg.backbone)
+    model = instantiate(cfg.method, backbone=backbone)
+    if cfg.get("init_from"):
+        init_backbones(model, cfg.init_from)
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks.append(RunConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)))
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=output_dir
+    )
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+
+    checkpoints: dict[str, str] = {}
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint):
+            if cb.last_model_path:
+                checkpoints["last"] = cb.last_model_path
+            if cb.best_model_path:
+                checkpoints["best"] = cb.best_model_path
+    summary = {
+        "metrics": scalar_metrics(dict(trainer.callback_metrics)),
+        "checkpoints": checkpoints,
+        "output_dir": str(output_dir),
+        "wall_time_s": round(time.time() - start, 2),
+    }
+    if trainer.is_global_zero:
+        write_json_atomic(summary, output_dir / "summary.json")
+        print(f"summary: {output_dir / 'summary.json'}")
+        print(f"output dir: {output_dir}")
+    return summary

@@ -1,0 +1,38 @@
+"""conf/backbone/*.yaml compose with a data config and instantiate the right MaskedViT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from sslvit.backbones import VIT_PRESETS, MaskedViT
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "backbone"
+
+
+def compose(name: str, **data_extra: object):
+    data = {"patch_size": 4, "transform": {"global_crop_size": 28}, **data_extra}
+    return OmegaConf.merge({"data": data}, {"backbone": OmegaConf.load(CONF / f"{name}.yaml")})
+
+
+@pytest.mark.parametrize("size", sorted(VIT_PRESETS))
+def test_config_sizes_match_presets(size: str) -> None:
+    cfg = compose(f"vit_{size}")
+    assert cfg.backbone._target_ == "sslvit.backbones.MaskedViT"
+    for key, value in VIT_PRESETS[size].items():
+        assert cfg.backbone[key] == value, key
+    assert cfg.backbone.patch_size == 4 and cfg.backbone.img_size == 28 and cfg.backbone.in_chans == 3
+    assert cfg.backbone.num_register_tokens == 0 and cfg.backbone.layerscale_init is None
+
+
+def test_instantiate_test_backbone_with_overrides() -> None:
+    cfg = compose("vit_test", in_chans=1)
+    cfg.merge_with_dotlist(["backbone.num_register_tokens=4", "backbone.layerscale_init=1e-5"])
+    vit = instantiate(cfg.backbone)
+    assert isinstance(vit, MaskedViT)
+    assert vit.num_register_tokens == 4 and vit.patch_size == 4
+    assert vit.patch_embed.proj.in_channels == 1
+    assert vit.pos_embed.shape == (1, 1 + 4 + 49, VIT_PRESETS["test"]["embed_dim"])

@@ -1,0 +1,58 @@
+"""Callbacks under DDP (2 CPU processes, gloo, subprocess) give the single-process answer."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sslvit.callbacks import OnlineLinearProbe
+
+WORKER = Path(__file__).with_name("ddp_callbacks_worker.py")
+
+
+def _worker_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("ddp_callbacks_worker", WORKER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out = tmp_path_factory.mktemp("ddp_callbacks")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"]
+    cmd += ["--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", str(WORKER), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
+@pytest.mark.ddp
+def test_features_are_gathered_deduplicated_and_ordered(ddp_results: list[dict]) -> None:
+    images, labels = _worker_module().eval_set()
+    for result in ddp_results:  # every rank holds the 7 samples, padding removed, in dataset order
+        assert result["world"] == 2
+        torch.testing.assert_close(result["features"], images.flatten(1))
+        assert torch.equal(result["labels"], labels)
+
+
+@pytest.mark.ddp
+def test_probe_step_matches_global_batch_step(ddp_results: list[dict]) -> None:
+    worker = _worker_module()
+    feats, targets = worker.probe_batch()
+    keep = targets >= 0
+    reference = OnlineLinearProbe(lr=0.1)
+    reference._build(worker.DIM, worker.CLASSES, torch.device("cpu"))
+    F.cross_entropy(reference.probe(feats[keep]), targets[keep]).backward()  # mean over the 7 labelled rows
+    reference.optimizer.step()
+    for result in ddp_results:  # identical copies, equal to one process stepping on the global batch
+        torch.testing.assert_close(result["probe"]["weight"], reference.probe.weight.detach())
+        torch.testing.assert_close(result["probe"]["bias"], reference.probe.bias.detach())

@@ -1,0 +1,142 @@
+"""KNNCallback and extract_features inside a real Lightning Trainer, with stand-in module and data."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from sslvit.callbacks import KNNCallback, extract_features
+from sslvit.eval.knn import knn_accuracy
+
+
+class RecordingKNN(KNNCallback):
+    """Records the epoch of every evaluation."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.evaluated_at: list[int] = []
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        self.evaluated_at.append(trainer.current_epoch)
+        return super().evaluate(trainer, pl_module)
+
+
+class StopAfterFirstEpoch(pl.Callback):
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.should_stop = True
+
+
+def _trainer(tmp_path: Path, callbacks: list[pl.Callback], **kwargs: Any) -> pl.Trainer:
+    defaults: dict[str, Any] = dict(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    return pl.Trainer(callbacks=callbacks, **{**defaults, **kwargs})
+
+
+def _csv_column(logger: CSVLogger, key: str) -> list[float]:
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        return [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
+
+
+def test_extract_features_orders_dedups_and_restores_modes(make_module: Any) -> None:
+    module = make_module(dim=3)
+    module.train()
+    module.teacher = torch.nn.Linear(1, 1).eval()  # a submodule kept in eval mode must stay so
+    images = torch.arange(15.0).reshape(5, 3, 1, 1)
+    labels = torch.tensor([4, 3, 2, 1, 0])
+    # Out of order, with index 0 repeated (what DistributedSampler padding produces).
+    loader = [
+        (images[[2, 0, 1]], labels[[2, 0, 1]], torch.tensor([2, 0, 1])),
+        (images[[3, 4, 0]], labels[[3, 4, 0]], torch.tensor([3, 4, 0])),
+    ]
+    feats, labs = extract_features(module, loader)
+    torch.testing.assert_close(feats, images.flatten(1))
+    assert labs.dtype == torch.int64 and labs.tolist() == [4, 3, 2, 1, 0]
+    assert module.forward_modes == [False, False]  # eval mode during the pass
+    assert module.training and not module.teacher.training
+
+
+def test_knn_metric_reaches_callback_metrics_and_logger(
+    tmp_path: Path, make_module: Any, make_datamodule: Any
+) -> None:
+    dm = make_datamodule(n_train=64, n_val=32, val_flip=8)  # perfect neighbours, 8 of 32 labels wrong
+    logger = CSVLogger(tmp_path)
+    knn = RecordingKNN()
+    trainer = _trainer(tmp_path, [knn], logger=logger)
+    trainer.fit(make_module(), datamodule=dm)
+    metrics = trainer.callback_metrics
+    assert float(metrics["val/knn_top1"]) == pytest.approx(75.0)
+    for k in (10, 20, 100, 200):  # 100 and 200 are clipped to the 64 training points
+        assert float(metrics[f"val/knn_top1_k{k}"]) == pytest.approx(75.0)
+    assert knn.evaluated_at == [0, 1]
+    assert _csv_column(logger, "val/knn_top1") == pytest.approx([75.0, 75.0])
+    # Cross-check against the pure function on the same features.
+    (tr_x, tr_y), (va_x, va_y) = dm.train, dm.val
+    offline = knn_accuracy(tr_x.flatten(1), tr_y, va_x.flatten(1), va_y, 4, ks=(20,))
+    assert offline[20] == pytest.approx(float(metrics["val/knn_top1"]))
+
+
+def test_knn_with_fast_dev_run(tmp_path: Path, make_module: Any, make_datamodule: Any) -> None:
+    trainer = _trainer(tmp_path, [KNNCallback(every_n_epochs=5)], fast_dev_run=True)
+    trainer.fit(make_module(), datamodule=make_datamodule(val_flip=4))
+    assert float(trainer.callback_metrics["val/knn_top1"]) == pytest.approx(87.5)
+
+
+def test_every_n_epochs_and_last_epoch(tmp_path: Path, make_module: Any, make_datamodule: Any) -> None:
+    knn = RecordingKNN(every_n_epochs=2)
+    _trainer(tmp_path, [knn], max_epochs=3).fit(make_module(), datamodule=make_datamodule())
+    assert knn.evaluated_at == [1, 2]  # epoch 2 is not a multiple of 2 but is the last
+
+
+def test_mid_epoch_max_steps_stop_is_evaluated(
+    tmp_path: Path, make_module: Any, make_datamodule: Any
+) -> None:
+    knn = RecordingKNN(every_n_epochs=10)
+    trainer = _trainer(tmp_path, [knn], max_epochs=10, max_steps=3)  # 4 batches per epoch
+    trainer.fit(make_module(), datamodule=make_datamodule())
+    assert knn.evaluated_at == [0]
+    assert float(trainer.callback_metrics["val/knn_top1"]) == pytest.approx(100.0)
+
+
+def test_unforeseen_stop_is_evaluated_in_on_train_end(
+    tmp_path: Path, make_module: Any, make_datamodule: Any
+) -> None:
+    # The stopper runs after the k-NN hook, so the epoch-end check cannot know this epoch is the last.
+    knn = RecordingKNN(every_n_epochs=5)
+    logger = CSVLogger(tmp_path)
+    trainer = _trainer(tmp_path, [knn, StopAfterFirstEpoch()], max_epochs=10, logger=logger)
+    trainer.fit(make_module(), datamodule=make_datamodule(val_flip=8))
+    assert trainer.current_epoch == 1 and knn.evaluated_at == [1]  # evaluated once, after the epoch
+    assert float(trainer.callback_metrics["val/knn_top1"]) == pytest.approx(75.0)
+    assert _csv_column(logger, "val/knn_top1") == pytest.approx([75.0])
+
+
+def test_no_labels_skips_with_one_warning(tmp_path: Path, make_module: Any, make_datamodule: Any) -> None:
+    knn = RecordingKNN()
+    with pytest.warns(UserWarning, match="no labels") as record:
+        _trainer(tmp_path, [knn]).fit(make_module(), datamodule=make_datamodule(has_labels=False))
+    assert sum("no labels" in str(w.message) for w in record) == 1
+    assert knn.evaluated_at == []
+
+
+def test_missing_eval_dataloader_is_a_clear_error(
+    tmp_path: Path, make_module: Any, make_datamodule: Any
+) -> None:
+    class NoEvalDataModule(pl.LightningDataModule):
+        def train_dataloader(self) -> Any:
+            return make_datamodule().train_dataloader()
+
+    with pytest.raises(TypeError, match="eval_dataloader"):
+        _trainer(tmp_path, [KNNCallback()]).fit(make_module(), datamodule=NoEvalDataModule())

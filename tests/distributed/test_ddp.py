@@ -1,0 +1,43 @@
+"""Distributed building blocks give the single-process answer (2 CPU processes, gloo, subprocess)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sslvit.losses import Centering
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("ddp") / "results.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"]
+    cmd += ["--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", str(WORKER), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out)
+
+
+@pytest.mark.ddp
+def test_center_is_mean_over_global_batch(ddp_results):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    logits = worker.global_teacher_logits()
+
+    single = Centering(out_dim=5, momentum=0.9)
+    single.update(logits)
+    single.update(logits * 2.0)
+    assert ddp_results["world"] == 2
+    assert torch.allclose(ddp_results["center"], single.center, atol=1e-6)
+    # and it is not the mean of one shard alone
+    shard_only = Centering(out_dim=5, momentum=0.9)
+    shard_only.update(logits[:4])
+    shard_only.update(logits[:4] * 2.0)
+    assert not torch.allclose(ddp_results["center"], shard_only.center, atol=1e-3)

@@ -1,0 +1,28 @@
+import torch
+import torch.nn.functional as F
+
+from sslvit.heads import DINOHead
+
+
+def test_dino_head_logits_are_cosines_with_unit_prototypes():
+    torch.manual_seed(0)
+    head = DINOHead(in_dim=16, out_dim=32, hidden_dim=24, bottleneck_dim=8, nlayers=3)
+    x = torch.randn(5, 16)
+    logits = head(x)
+    assert logits.shape == (5, 32)
+    # |cosine| <= 1 and equality with an explicit computation
+    embed = F.normalize(head.mlp(x), dim=-1)
+    expected = embed @ F.normalize(head.prototypes, dim=-1).T
+    assert torch.allclose(logits, expected, atol=1e-6)
+    assert logits.abs().max() <= 1.0 + 1e-6
+    # scaling a prototype does not change the output: the norm is fixed to 1
+    with torch.no_grad():
+        head.prototypes[3] *= 7.0
+    assert torch.allclose(head(x), logits, atol=1e-6)
+    assert not head.prototype_gain.requires_grad
+
+
+def test_dino_head_learnable_gain_when_not_normalised():
+    head = DINOHead(8, 4, hidden_dim=8, bottleneck_dim=4, nlayers=1, norm_last_layer=False)
+    assert head.prototype_gain.requires_grad
+    assert len(head.mlp) == 1
