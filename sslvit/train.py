@@ -105,7 +105,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         init_backbones(model, cfg.init_from)
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks.append(RunConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)))
+    run_keys = [key for key in cfg if key != "hydra"]  # tests compose with the hydra node included
+    callbacks.append(
+        RunConfigInCheckpoint(OmegaConf.to_container(OmegaConf.masked_copy(cfg, run_keys), resolve=True))
+    )
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=output_dir

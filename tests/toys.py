@@ -1,8 +1,14 @@
 """Shared test helpers: tiny DINO modules and in-memory multi-crop loaders for method tests."""
 
+from pathlib import Path
+
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 
 from sslvit.backbones import MaskedViT
+from sslvit.config import register_resolvers
 from sslvit.data.batch import MultiCropBatch
 from sslvit.methods import DINO, OptimConfig
 
@@ -32,3 +38,29 @@ def multicrop_batches(num_batches: int, batch_size: int = 4, seed: int = 0) -> l
 
 def loader(batches: list[MultiCropBatch]) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
+
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+# Overrides that make any training config tiny: a 2-block ViT on 32-px fake images, small heads.
+TINY = [
+    "backbone=vit_test",
+    "data=fake",
+    "trainer=cpu",
+    "logger=csv",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "method.out_dim=64",
+    "method.hidden_dim=32",
+    "method.bottleneck_dim=16",
+]
+
+
+def compose_train_cfg(output_dir: Path, overrides: list[str]) -> DictConfig:
+    """Compose conf/config.yaml as `python train.py <overrides>` would, with its output in ``output_dir``."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg

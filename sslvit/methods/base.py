@@ -183,4 +183,11 @@ class TeacherStudentModule(L.LightningModule):
 
     def log_skipped(self, num_skipped: int) -> None:
         """Count unreadable images the loader dropped (summed over the epoch)."""
-        self.log("data/skipped_images", float(num_skipped), on_step=False, on_epoch=True, reduce_fx="sum")
+        self.log(
+            "data/skipped_images",
+            float(num_skipped),
+            on_step=False,
+            on_epoch=True,
+            reduce_fx="sum",
+            sync_dist=True,
+        )

@@ -1,0 +1,72 @@
+"""The command lines of README / the issue, run as a user would (subprocesses: ~10 s each)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+
+
+def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_dinov2_on_eight_devices_composes():
+    proc = run("train.py", "method=dinov2", "trainer.devices=8", "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr
+    assert "_target_: sslvit.methods.DINOv2" in proc.stdout
+    assert "devices: 8" in proc.stdout
+
+
+def test_multirun_sweep_writes_one_summary_per_job(tmp_path):
+    proc = run(
+        "train.py",
+        "-m",
+        "backbone=vit_test",
+        "data=fake",
+        "trainer.fast_dev_run=true",
+        "logger=csv",
+        "method=dino",
+        "method.out_dim=64,128",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = sorted(tmp_path.glob("*/summary.json"))
+    assert len(summaries) == 2
+    for path in summaries:
+        summary = json.loads(path.read_text())
+        assert "val/knn_top1" in summary["metrics"]
+        assert summary["output_dir"] == str(path.parent)
+        assert f"output dir: {path.parent}" in proc.stdout
+
+
+def test_missing_data_folder_fails_at_start_naming_the_path(tmp_path):
+    missing = tmp_path / "no_such_folder"
+    proc = run("train.py", "data=folder", f"data.root={missing}", "backbone=vit_test", "trainer=cpu")
+    assert proc.returncode != 0
+    assert str(missing) in proc.stderr
+    assert "Training" not in proc.stdout  # stopped before the first step
+
+
+@pytest.mark.ddp
+def test_simulated_ddp_run_end_to_end(tmp_path):
+    """trainer=ddp_sim: 2 CPU processes (gloo) through the real train.py, k-NN gathered across ranks."""
+    proc = run(
+        "train.py",
+        "trainer=ddp_sim",
+        "backbone=vit_test",
+        "data=fake",
+        "trainer.fast_dev_run=true",
+        "method.out_dim=64",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "val/knn_top1" in summary["metrics"] and "train/dino_loss" in summary["metrics"]

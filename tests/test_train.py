@@ -1,0 +1,87 @@
+"""The training task end to end: composition, fast_dev_run, summary.json, resume, init_from."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from toys import CONF_DIR, TINY, compose_train_cfg
+
+from sslvit.train import train
+
+METHODS = sorted(p.stem for p in (Path(CONF_DIR) / "method").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_option_composes_for_eight_gpus(method):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"method={method}", "trainer.devices=8"])
+    assert cfg.trainer.devices == 8
+    assert cfg.method._target_.startswith("sslvit.methods.")
+    assert cfg.backbone.patch_size == cfg.data.patch_size
+
+
+def test_unknown_key_is_a_hydra_error():
+    with (
+        initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"),
+        pytest.raises(ConfigCompositionException, match="no_such_key"),
+    ):
+        compose(config_name="config", overrides=["method.no_such_key=1"])
+
+
+def test_fast_dev_run_writes_summary(tmp_path):
+    cfg = compose_train_cfg(tmp_path, [*TINY, "trainer.fast_dev_run=true"])
+    summary = train(cfg)
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == summary
+    metrics = summary["metrics"]
+    for key in ("train/loss", "train/dino_loss", "val/knn_top1", "val/linear_top1"):
+        assert key in metrics and metrics[key] == metrics[key]  # present and not NaN
+    assert 0.0 <= metrics["val/knn_top1"] <= 100.0
+    assert summary["output_dir"] == str(tmp_path)
+    assert summary["wall_time_s"] > 0
+
+
+def test_resume_continues_and_init_from_copies_teacher(tmp_path):
+    run = ["trainer.limit_train_batches=2", "callbacks=checkpoint"]
+    first = train(compose_train_cfg(tmp_path, [*TINY, *run, "trainer.max_epochs=1"]))
+    last = Path(first["checkpoints"]["last"])
+    assert last.is_file()
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+
+    resumed = train(compose_train_cfg(tmp_path, [*TINY, *run, "trainer.max_epochs=2", "ckpt_path=last"]))
+    assert torch.load(resumed["checkpoints"]["last"], weights_only=True)["global_step"] == 4
+
+    ckpt = torch.load(last, weights_only=True)
+    teacher = {
+        k.removeprefix("teacher.backbone."): v
+        for k, v in ckpt["state_dict"].items()
+        if "teacher.backbone." in k
+    }
+    other = tmp_path / "init"
+    cfg = compose_train_cfg(other, [*TINY, "trainer.max_steps=0", "callbacks=none", f"init_from={last}"])
+    from hydra.utils import instantiate
+
+    from sslvit.train import init_backbones
+
+    model = instantiate(cfg.method, backbone=instantiate(cfg.backbone))
+    init_backbones(model, str(last))
+    for network in (model.student, model.teacher):
+        for name, value in network["backbone"].state_dict().items():
+            assert torch.equal(value, teacher[name]), name
+
+
+def test_init_from_rejects_another_architecture(tmp_path):
+    wrong = tmp_path / "wrong.ckpt"
+    torch.save({"pos_embed": torch.zeros(1, 5, 7)}, wrong)
+    cfg = compose_train_cfg(tmp_path, [*TINY, f"init_from={wrong}", "trainer.fast_dev_run=true"])
+    with pytest.raises(ValueError, match="does not fit this backbone"):
+        train(cfg)
+
+
+def test_ckpt_path_last_without_checkpoint_names_the_file(tmp_path):
+    cfg = compose_train_cfg(tmp_path, [*TINY, "ckpt_path=last", "trainer.fast_dev_run=true"])
+    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+        train(cfg)
