@@ -32,10 +32,11 @@ def quiet_known_warnings() -> None:
     # Under Hydra the root logger already prints to the console and train.log; Lightning's own console
     # handler would print every message twice.
     if HydraConfig.initialized():
-        lightning_log = logging.getLogger("lightning.pytorch")
-        for handler in list(lightning_log.handlers):
-            if isinstance(handler, logging.StreamHandler):
-                lightning_log.removeHandler(handler)
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            lightning_log = logging.getLogger(name)
+            for handler in list(lightning_log.handlers):
+                if isinstance(handler, logging.StreamHandler):
+                    lightning_log.removeHandler(handler)
 
 
 def output_dir_of(cfg: DictConfig) -> Path:

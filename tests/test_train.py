@@ -83,5 +83,5 @@ def test_init_from_rejects_another_architecture(tmp_path):
 
 def test_ckpt_path_last_without_checkpoint_names_the_file(tmp_path):
     cfg = compose_train_cfg(tmp_path, [*TINY, "ckpt_path=last", "trainer.fast_dev_run=true"])
-    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+    with pytest.raises(FileNotFoundError, match=r"last\.ckpt"):
         train(cfg)

@@ -33,3 +33,13 @@ class MultiCropBatch:
     @property
     def num_crops(self) -> int:
         return len(self.global_crops) + len(self.local_crops)
+
+    def pin_memory(self) -> MultiCropBatch:
+        """Called by ``DataLoader(pin_memory=True)`` so host-to-GPU copies can run asynchronously."""
+        return MultiCropBatch(
+            global_crops=[x.pin_memory() for x in self.global_crops],
+            local_crops=[x.pin_memory() for x in self.local_crops],
+            labels=self.labels.pin_memory(),
+            masks=None if self.masks is None else self.masks.pin_memory(),
+            num_skipped=self.num_skipped,
+        )

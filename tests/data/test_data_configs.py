@@ -23,7 +23,7 @@ def _compose(*overrides):
     ("name", "sizes"),
     [
         ("fake", (32, 16, 2, 8)),
-        ("fashion_mnist", (28, 12, 6, 4)),
+        ("fashion_mnist", (28, 14, 4, 7)),
         ("folder", (224, 96, 10, 16)),
         ("imagenet", (224, 96, 10, 16)),
     ],
