@@ -106,7 +106,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         init_backbones(model, cfg.init_from)
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    run_keys = [key for key in cfg if key != "hydra"]  # tests compose with the hydra node included
+    run_keys = [str(key) for key in cfg if key != "hydra"]  # tests compose with the hydra node included
     callbacks.append(
         RunConfigInCheckpoint(OmegaConf.to_container(OmegaConf.masked_copy(cfg, run_keys), resolve=True))
     )
