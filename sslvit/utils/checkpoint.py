@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import torch
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 # Where a backbone's weights live in the checkpoints we write, best source first: the EMA teacher
@@ -33,8 +36,29 @@ def backbone_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
+def fit_position_embedding(backbone: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Resample a checkpoint's ``pos_embed`` to this backbone's patch grid (e.g. 224 -> 518 px for
+    DINOv2's high-resolution stage); other keys pass through unchanged."""
+    own = backbone.state_dict().get("pos_embed")
+    theirs = state.get("pos_embed")
+    if own is None or theirs is None or own.shape == theirs.shape or own.shape[-1] != theirs.shape[-1]:
+        return state
+    prefix = int(getattr(backbone, "num_prefix_tokens", 1))
+    old_side = math.isqrt(theirs.shape[1] - prefix)
+    patch_embed: Any = backbone.patch_embed
+    new_grid = list(patch_embed.grid_size)
+    if old_side * old_side != theirs.shape[1] - prefix:
+        return state  # not a square grid we can resample: let the shape check report it
+    resampled = resample_abs_pos_embed(theirs, new_grid, [old_side, old_side], num_prefix_tokens=prefix)
+    return {**state, "pos_embed": resampled}
+
+
 def load_backbone_weights(backbone: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy ``state`` into ``backbone``; a missing key or a shape mismatch is a one-line error."""
+    """Copy ``state`` into ``backbone``; a missing key or a shape mismatch is a one-line error.
+
+    A position embedding trained at another resolution is resampled to this backbone's grid.
+    """
+    state = fit_position_embedding(backbone, state)
     own = backbone.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslvit.losses import Centering
+from sslvit.losses import Centering, SinkhornKnopp
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -22,14 +22,31 @@ def ddp_results(tmp_path_factory) -> dict:
     return torch.load(out)
 
 
-@pytest.mark.ddp
-def test_center_is_mean_over_global_batch(ddp_results):
+def load_worker():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
     worker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(worker)
-    logits = worker.global_teacher_logits()
+    return worker
+
+
+@pytest.mark.ddp
+def test_sinkhorn_targets_equal_single_process_on_concatenated_batch(ddp_results):
+    worker = load_worker()
+    single = SinkhornKnopp(num_iters=3).probs(worker.global_teacher_logits(), temperature=0.5)
+    assert torch.allclose(ddp_results["sinkhorn"], single, atol=1e-6)
+    # unequal row counts per rank (masked patch tokens): the global count is all-reduced
+    single_uneven = SinkhornKnopp(num_iters=3).probs(worker.uneven_patch_logits(), temperature=0.5)
+    assert torch.allclose(ddp_results["sinkhorn_uneven"], single_uneven, atol=1e-6)
+    # and a per-rank normalisation would differ
+    per_rank = SinkhornKnopp(num_iters=3).probs(worker.uneven_patch_logits()[:3], temperature=0.5)
+    assert not torch.allclose(ddp_results["sinkhorn_uneven"][:3], per_rank, atol=1e-3)
+
+
+@pytest.mark.ddp
+def test_center_is_mean_over_global_batch(ddp_results):
+    logits = load_worker().global_teacher_logits()
 
     single = Centering(out_dim=5, momentum=0.9)
     single.update(logits)

@@ -1,0 +1,133 @@
+"""DINOv2 as a LightningModule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from sslvit.data.batch import MultiCropBatch
+from sslvit.heads import DINOHead
+from sslvit.losses import Centering, DINOLoss, IBOTPatchLoss, KoLeoLoss, SinkhornKnopp
+from sslvit.methods.base import TeacherStudentModule
+from sslvit.methods.optim_config import OptimConfig
+from sslvit.utils.schedules import linear_warmup
+
+
+class DINOv2(TeacherStudentModule):
+    """Learning robust visual features without supervision (Oquab et al., 2024, arXiv:2304.07193).
+
+    Composes three blocks: DINO's cross-view loss on the CLS token (its own head), iBOT's masked-patch
+    loss (a *separate* head, run only on masked tokens) and the KoLeo regulariser on the student's
+    global-crop CLS features. Teacher targets are normalised with Sinkhorn–Knopp over the global batch
+    (or by centering, ``teacher_targets="centering"``).
+    ``L = dino_weight * L_dino + ibot_weight * L_ibot + koleo_weight * L_koleo``.
+
+    Args:
+        backbone: student backbone (a ``MaskedViT``; registers and LayerScale 1e-5 come from its config).
+        optim: optimiser and schedules (layer-wise lr decay and patch-embed lr multiplier in pretraining).
+        out_dim / patch_out_dim: prototypes of the DINO and iBOT heads (65536 each in the paper).
+        hidden_dim / bottleneck_dim / head_layers: head shape (2048 / 256 / 3).
+        teacher_targets: "sinkhorn_knopp" (paper) or "centering".
+        sinkhorn_iterations: Sinkhorn–Knopp iterations (3).
+        student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs: as in DINO.
+        center_momentum: used only with ``teacher_targets="centering"``.
+        dino_weight / ibot_weight / koleo_weight: loss weights (1, 1, 0.1).
+        momentum_teacher / momentum_teacher_end: EMA momentum cosine (0.992 -> 1 for ViT-L).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optim: OptimConfig,
+        out_dim: int = 65536,
+        patch_out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        head_layers: int = 3,
+        teacher_targets: str = "sinkhorn_knopp",
+        sinkhorn_iterations: int = 3,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_epochs: float = 30.0,
+        center_momentum: float = 0.9,
+        dino_weight: float = 1.0,
+        ibot_weight: float = 1.0,
+        koleo_weight: float = 0.1,
+        momentum_teacher: float = 0.992,
+        momentum_teacher_end: float = 1.0,
+    ) -> None:
+        super().__init__(backbone, optim, momentum_teacher, momentum_teacher_end)
+        self.save_hyperparameters(ignore=["backbone", "optim"])
+        head_args = (hidden_dim, bottleneck_dim, head_layers, True)
+        self.student["dino_head"] = DINOHead(self.embed_dim, out_dim, *head_args)
+        self.student["ibot_head"] = DINOHead(self.embed_dim, patch_out_dim, *head_args)
+        self.build_teacher()
+        if teacher_targets == "sinkhorn_knopp":
+            self.cls_targets: SinkhornKnopp | Centering = SinkhornKnopp(sinkhorn_iterations)
+            self.patch_targets: SinkhornKnopp | Centering = SinkhornKnopp(sinkhorn_iterations)
+        elif teacher_targets == "centering":
+            self.cls_targets = Centering(out_dim, center_momentum)
+            self.patch_targets = Centering(patch_out_dim, center_momentum)
+        else:
+            raise ValueError(f"teacher_targets must be sinkhorn_knopp or centering, got {teacher_targets!r}")
+        self.dino_loss = DINOLoss(student_temp)
+        self.ibot_loss = IBOTPatchLoss(student_temp)
+        self.koleo_loss = KoLeoLoss()
+        self.teacher_temps = (warmup_teacher_temp, teacher_temp)
+        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+        self.weights = {"dino": dino_weight, "ibot": ibot_weight, "koleo": koleo_weight}
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        heads = [self.student["dino_head"], self.student["ibot_head"]]
+        return [p for head in heads for p in head.last_layer_parameters]  # type: ignore[union-attr]
+
+    def current_teacher_temp(self) -> float:
+        warmup = self.epochs_to_steps(self.warmup_teacher_temp_epochs)
+        return linear_warmup(self.trainer.global_step, warmup, *self.teacher_temps)
+
+    def training_step(self, batch: MultiCropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        assert self.teacher is not None
+        if batch.masks is None:
+            raise ValueError("DINOv2 needs masks on its global crops: select data/masking=dinov2")
+        num_global, batch_size = len(batch.global_crops), batch.batch_size
+        globals_, masks = torch.cat(batch.global_crops), batch.masks  # (G*B, C, H, W), (G*B, N)
+        self.log_skipped(batch.num_skipped)
+        teacher_backbone: Any = self.teacher["backbone"]
+        student_backbone: Any = self.student["backbone"]
+
+        with torch.no_grad():
+            temp = self.current_teacher_temp()
+            teacher_out = teacher_backbone.forward_features(globals_)
+            teacher_cls_logits = self.teacher["dino_head"](teacher_out["x_norm_clstoken"])  # (G*B, K)
+            # The teacher's patch head, too, runs only where the student was masked.
+            teacher_patch_logits = self.teacher["ibot_head"](
+                teacher_out["x_norm_patchtokens"][masks]
+            )  # (M, K')
+            teacher_cls_probs = self.cls_targets.probs(teacher_cls_logits, temp).chunk(num_global)
+            teacher_patch_probs = self.patch_targets.probs(teacher_patch_logits, temp)
+
+        student_out = student_backbone.forward_features(globals_, masks=masks)
+        student_global_cls = student_out["x_norm_clstoken"]  # (G*B, D)
+        student_cls = [student_global_cls]
+        if batch.local_crops:
+            student_cls.append(self.student["backbone"](torch.cat(batch.local_crops)))
+        num_crops = num_global + len(batch.local_crops)
+        student_cls_logits = self.student["dino_head"](torch.cat(student_cls)).chunk(num_crops)
+        student_patch_logits = self.student["ibot_head"](student_out["x_norm_patchtokens"][masks])  # (M, K')
+
+        terms = {
+            "dino": self.dino_loss(list(student_cls_logits), list(teacher_cls_probs)),
+            "ibot": self.ibot_loss.forward_masked(student_patch_logits, teacher_patch_probs, masks),
+            # Per global view, as in the paper's implementation: neighbours among the same view's images.
+            "koleo": torch.stack([self.koleo_loss(x) for x in student_global_cls.chunk(num_global)]).sum(),
+        }
+        loss = sum(self.weights[name] * value for name, value in terms.items())
+        self.cls_targets.update(teacher_cls_logits)
+        self.patch_targets.update(teacher_patch_logits)
+
+        self.log_losses(loss, terms, batch_size)  # type: ignore[arg-type]
+        self.log("sched/teacher_temp", temp, on_step=True, on_epoch=False)
+        return {"loss": loss, "features": teacher_out["x_norm_clstoken"][:batch_size].detach()}

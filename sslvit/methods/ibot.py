@@ -1,0 +1,141 @@
+"""iBOT as a LightningModule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from sslvit.data.batch import MultiCropBatch
+from sslvit.heads import DINOHead
+from sslvit.losses import Centering, DINOLoss, IBOTPatchLoss
+from sslvit.methods.base import TeacherStudentModule
+from sslvit.methods.optim_config import OptimConfig
+from sslvit.utils.schedules import linear_warmup
+
+
+class IBOT(TeacherStudentModule):
+    """Image BERT pre-training with an online tokenizer (Zhou et al., 2022, arXiv:2111.07832).
+
+    DINO's cross-view loss on the CLS token (``L_cls``) plus masked image modelling as self-distillation
+    (``L_MIM``): the student sees a masked global view, the teacher the same view unmasked, and at every
+    masked patch the student's patch distribution is trained to match the teacher's. The teacher's patch
+    head is the "online tokenizer". CLS and patch outputs have their own centers and teacher
+    temperatures. ``L = cls_weight * L_cls + patch_weight * L_MIM``.
+
+    Args:
+        backbone: student backbone (a ``MaskedViT``).
+        optim: optimiser and schedules.
+        out_dim: prototypes of the CLS head (8192 in the paper).
+        patch_out_dim: prototypes of the patch head (8192).
+        shared_head: one head for CLS and patch tokens (the paper's choice at ViT-S/B scale); needs
+            ``patch_out_dim == out_dim``.
+        hidden_dim / bottleneck_dim / head_layers / norm_last_layer: head shape.
+        student_temp: student temperature for both outputs (0.1).
+        teacher_temp / warmup_teacher_temp: CLS teacher temperature after / at the start of warm-up.
+        teacher_patch_temp / warmup_teacher_patch_temp: the same for patch outputs.
+        warmup_teacher_temp_epochs: length of both warm-ups (30).
+        center_momentum: momentum of both centers (0.9).
+        cls_weight / patch_weight: loss weights (1 and 1).
+        momentum_teacher / momentum_teacher_end: EMA momentum cosine (0.996 -> 1).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optim: OptimConfig,
+        out_dim: int = 8192,
+        patch_out_dim: int = 8192,
+        shared_head: bool = True,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        head_layers: int = 3,
+        norm_last_layer: bool = True,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04,
+        teacher_patch_temp: float = 0.07,
+        warmup_teacher_patch_temp: float = 0.04,
+        warmup_teacher_temp_epochs: float = 30.0,
+        center_momentum: float = 0.9,
+        cls_weight: float = 1.0,
+        patch_weight: float = 1.0,
+        momentum_teacher: float = 0.996,
+        momentum_teacher_end: float = 1.0,
+    ) -> None:
+        super().__init__(backbone, optim, momentum_teacher, momentum_teacher_end)
+        self.save_hyperparameters(ignore=["backbone", "optim"])
+        if shared_head and patch_out_dim != out_dim:
+            raise ValueError(f"shared_head needs patch_out_dim == out_dim, got {patch_out_dim} and {out_dim}")
+        head_args = (hidden_dim, bottleneck_dim, head_layers, norm_last_layer)
+        self.student["head"] = DINOHead(self.embed_dim, out_dim, *head_args)
+        if not shared_head:
+            self.student["patch_head"] = DINOHead(self.embed_dim, patch_out_dim, *head_args)
+        self.build_teacher()
+        self.cls_centering = Centering(out_dim, center_momentum)
+        self.patch_centering = Centering(patch_out_dim, center_momentum)
+        self.dino_loss = DINOLoss(student_temp)
+        self.patch_loss = IBOTPatchLoss(student_temp)
+        self.shared_head = shared_head
+        self.teacher_temps = (warmup_teacher_temp, teacher_temp)
+        self.teacher_patch_temps = (warmup_teacher_patch_temp, teacher_patch_temp)
+        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+        self.cls_weight, self.patch_weight = cls_weight, patch_weight
+
+    def patch_head(self, network: nn.ModuleDict) -> nn.Module:
+        return network["head"] if self.shared_head else network["patch_head"]
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        heads = (
+            [self.student["head"]] if self.shared_head else [self.student["head"], self.student["patch_head"]]
+        )
+        return [p for head in heads for p in head.last_layer_parameters]  # type: ignore[union-attr]
+
+    def current_teacher_temps(self) -> tuple[float, float]:
+        warmup = self.epochs_to_steps(self.warmup_teacher_temp_epochs)
+        step = self.trainer.global_step
+        return linear_warmup(step, warmup, *self.teacher_temps), linear_warmup(
+            step, warmup, *self.teacher_patch_temps
+        )
+
+    def training_step(self, batch: MultiCropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        assert self.teacher is not None
+        if batch.masks is None:
+            raise ValueError("iBOT needs masked global crops: select a masking config (data/masking=block)")
+        num_global, batch_size = len(batch.global_crops), batch.batch_size
+        globals_ = torch.cat(batch.global_crops)  # (G*B, C, H, W)
+        self.log_skipped(batch.num_skipped)
+        teacher_backbone: Any = self.teacher["backbone"]
+        student_backbone: Any = self.student["backbone"]
+
+        with torch.no_grad():
+            teacher_out = teacher_backbone.forward_features(globals_)
+            teacher_cls_logits = self.teacher["head"](teacher_out["x_norm_clstoken"])  # (G*B, K)
+            teacher_patch_logits = self.patch_head(self.teacher)(
+                teacher_out["x_norm_patchtokens"]
+            )  # (G*B, N, K')
+            cls_temp, patch_temp = self.current_teacher_temps()
+            teacher_cls_probs = self.cls_centering.probs(teacher_cls_logits, cls_temp).chunk(num_global)
+            teacher_patch_probs = self.patch_centering.probs(teacher_patch_logits, patch_temp)
+
+        student_out = student_backbone.forward_features(globals_, masks=batch.masks)
+        student_cls = [student_out["x_norm_clstoken"]]
+        if batch.local_crops:
+            student_cls.append(self.student["backbone"](torch.cat(batch.local_crops)))
+        num_crops = num_global + len(batch.local_crops)
+        student_cls_logits = self.student["head"](torch.cat(student_cls)).chunk(num_crops)
+        # The patch head runs only on masked tokens: the loss ignores the others.
+        student_masked_logits = self.patch_head(self.student)(student_out["x_norm_patchtokens"][batch.masks])
+
+        cls_loss = self.dino_loss(list(student_cls_logits), list(teacher_cls_probs))
+        patch_loss = self.patch_loss.forward_masked(
+            student_masked_logits, teacher_patch_probs[batch.masks], batch.masks
+        )
+        loss = self.cls_weight * cls_loss + self.patch_weight * patch_loss
+        self.cls_centering.update(teacher_cls_logits)
+        self.patch_centering.update(teacher_patch_logits.flatten(0, 1))
+
+        self.log_losses(loss, {"dino": cls_loss, "ibot": patch_loss}, batch_size)
+        self.log_dict({"sched/teacher_temp": cls_temp, "sched/teacher_patch_temp": patch_temp}, on_step=True)
+        return {"loss": loss, "features": teacher_out["x_norm_clstoken"][:batch_size].detach()}

@@ -1,0 +1,69 @@
+"""iBOT and DINOv2 end to end through the training task (fast_dev_run on fake data)."""
+
+import pytest
+from toys import compose_train_cfg
+
+from sslvit.train import train
+
+TINY_MASKED = [
+    "backbone=vit_test",
+    "data=fake",
+    "trainer=cpu",
+    "logger=csv",
+    "callbacks=knn",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.fast_dev_run=true",
+    "method.out_dim=64",
+    "method.hidden_dim=32",
+    "method.bottleneck_dim=16",
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "terms"),
+    [
+        ("ibot", ["dino", "ibot"]),
+        ("dinov2", ["dino", "ibot", "koleo"]),
+        ("dinov2_centering", ["dino", "ibot"]),
+    ],
+)
+def test_fast_dev_run_logs_every_loss_term(tmp_path, method, terms):
+    overrides = [*TINY_MASKED, f"method={method.split('_')[0]}"]
+    if method.endswith("centering"):
+        overrides.append("method.teacher_targets=centering")
+    summary = train(compose_train_cfg(tmp_path, overrides))
+    metrics = summary["metrics"]
+    for term in terms:
+        value = metrics[f"train/{term}_loss"]
+        assert value == value and abs(value) < 1e6  # finite
+    assert "val/knn_top1" in metrics
+
+
+def test_highres_stage_loads_a_low_resolution_checkpoint(tmp_path):
+    low = train(compose_train_cfg(tmp_path / "low", [*TINY_MASKED, "method=dinov2", "callbacks=checkpoint"]))
+    checkpoint = low["checkpoints"]["last"]
+    high_overrides = [
+        *TINY_MASKED,
+        "method=dinov2",
+        "stage=highres",
+        "data.transform.global_crop_size=64",  # 32 px -> 64 px: an 8x8 patch grid instead of 4x4
+        f"init_from={checkpoint}",
+    ]
+    cfg = compose_train_cfg(tmp_path / "high", high_overrides)
+    assert cfg.backbone.img_size == 64
+    summary = train(cfg)
+    assert "train/koleo_loss" in summary["metrics"]
+
+    import torch
+    from hydra.utils import instantiate
+
+    from sslvit.train import init_backbones
+
+    model = instantiate(cfg.method, backbone=instantiate(cfg.backbone))
+    init_backbones(model, checkpoint)
+    assert model.teacher["backbone"].pos_embed.shape[1] == 1 + 8 * 8
+    low_pos = torch.load(checkpoint, weights_only=True)["state_dict"]["teacher.backbone.pos_embed"]
+    assert low_pos.shape[1] == 1 + 4 * 4
+    # the class-token slot is carried over unchanged
+    assert torch.equal(model.teacher["backbone"].pos_embed[:, 0], low_pos[:, 0])
