@@ -85,3 +85,19 @@ def test_ckpt_path_last_without_checkpoint_names_the_file(tmp_path):
     cfg = compose_train_cfg(tmp_path, [*TINY, "ckpt_path=last", "trainer.fast_dev_run=true"])
     with pytest.raises(FileNotFoundError, match=r"last\.ckpt"):
         train(cfg)
+
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_paper_recipes_compose_and_replace_the_cpu_budget(experiment):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}", "data.root=/data"])
+    assert cfg.trainer.limit_train_batches is None  # full epochs, not the default job's short ones
+    assert cfg.trainer.max_epochs >= 100
+    assert cfg.method.optim.warmup_epochs == 10
+    assert cfg.method.optim.freeze_last_layer_epochs == 1
+    assert cfg.method.out_dim in (8192, 65536)
+    assert cfg.data.transform.global_crop_size == 224
+    assert cfg.data.transform.global_crop_size % cfg.backbone.patch_size == 0
