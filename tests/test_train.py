@@ -87,7 +87,7 @@ def test_ckpt_path_last_without_checkpoint_names_the_file(tmp_path):
         train(cfg)
 
 
-EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*_imagenet.yaml"))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -101,3 +101,12 @@ def test_paper_recipes_compose_and_replace_the_cpu_budget(experiment):
     assert cfg.method.out_dim in (8192, 65536)
     assert cfg.data.transform.global_crop_size == 224
     assert cfg.data.transform.global_crop_size % cfg.backbone.patch_size == 0
+
+
+@pytest.mark.parametrize("method", ["ibot", "dinov2"])
+def test_small_cpu_recipes_compose(method):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={method}_vit_tiny7_fashion_mnist"])
+    assert cfg.method._target_.lower().endswith(method)
+    assert cfg.backbone.embed_dim == 192 and cfg.backbone.patch_size == 7
+    assert cfg.trainer.limit_train_batches == 200 and cfg.data.masking is not None
