@@ -11,7 +11,7 @@ from torch import nn
 
 from sslvit.methods.optim_config import OptimConfig
 from sslvit.utils.param_groups import param_groups
-from sslvit.utils.schedules import cosine_schedule
+from sslvit.utils.schedules import cosine_schedule, linear_warmup
 
 
 class TeacherStudentModule(L.LightningModule):
@@ -90,6 +90,10 @@ class TeacherStudentModule(L.LightningModule):
 
     def epochs_to_steps(self, epochs: float) -> int:
         return round(epochs * self.steps_per_epoch)
+
+    def warmup_over_epochs(self, start: float, end: float, epochs: float) -> float:
+        """A value ramped linearly from ``start`` to ``end`` over ``epochs``, at the current step."""
+        return linear_warmup(self.trainer.global_step, self.epochs_to_steps(epochs), start, end)
 
     @property
     def global_batch_size(self) -> int:

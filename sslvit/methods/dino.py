@@ -11,7 +11,6 @@ from sslvit.losses import Centering, DINOLoss
 from sslvit.methods.base import TeacherStudentModule
 from sslvit.methods.multicrop import cat_by_resolution
 from sslvit.methods.optim_config import OptimConfig
-from sslvit.utils.schedules import linear_warmup
 
 
 class DINO(TeacherStudentModule):
@@ -68,8 +67,9 @@ class DINO(TeacherStudentModule):
         return head.last_layer_parameters
 
     def current_teacher_temp(self) -> float:
-        warmup = self.epochs_to_steps(self.warmup_teacher_temp_epochs)
-        return linear_warmup(self.trainer.global_step, warmup, self.warmup_teacher_temp, self.teacher_temp)
+        return self.warmup_over_epochs(
+            self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_epochs
+        )
 
     def training_step(self, batch: MultiCropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         assert self.teacher is not None

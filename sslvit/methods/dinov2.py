@@ -12,7 +12,6 @@ from sslvit.heads import DINOHead
 from sslvit.losses import Centering, DINOLoss, IBOTPatchLoss, KoLeoLoss, SinkhornKnopp
 from sslvit.methods.base import TeacherStudentModule
 from sslvit.methods.optim_config import OptimConfig
-from sslvit.utils.schedules import linear_warmup
 
 
 class DINOv2(TeacherStudentModule):
@@ -85,8 +84,7 @@ class DINOv2(TeacherStudentModule):
         return [p for head in heads for p in head.last_layer_parameters]  # type: ignore[union-attr]
 
     def current_teacher_temp(self) -> float:
-        warmup = self.epochs_to_steps(self.warmup_teacher_temp_epochs)
-        return linear_warmup(self.trainer.global_step, warmup, *self.teacher_temps)
+        return self.warmup_over_epochs(*self.teacher_temps, self.warmup_teacher_temp_epochs)
 
     def training_step(self, batch: MultiCropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         assert self.teacher is not None

@@ -12,7 +12,6 @@ from sslvit.heads import DINOHead
 from sslvit.losses import Centering, DINOLoss, IBOTPatchLoss
 from sslvit.methods.base import TeacherStudentModule
 from sslvit.methods.optim_config import OptimConfig
-from sslvit.utils.schedules import linear_warmup
 
 
 class IBOT(TeacherStudentModule):
@@ -93,10 +92,10 @@ class IBOT(TeacherStudentModule):
         return [p for head in heads for p in head.last_layer_parameters]  # type: ignore[union-attr]
 
     def current_teacher_temps(self) -> tuple[float, float]:
-        warmup = self.epochs_to_steps(self.warmup_teacher_temp_epochs)
-        step = self.trainer.global_step
-        return linear_warmup(step, warmup, *self.teacher_temps), linear_warmup(
-            step, warmup, *self.teacher_patch_temps
+        epochs = self.warmup_teacher_temp_epochs
+        return (
+            self.warmup_over_epochs(*self.teacher_temps, epochs),
+            self.warmup_over_epochs(*self.teacher_patch_temps, epochs),
         )
 
     def training_step(self, batch: MultiCropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
