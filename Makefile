@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+BENCH_ARGS ?= --suite all --budget-s 480 --json outputs/bench/step.json
 
-.PHONY: help install data test test-all lint format train clean
+.PHONY: help install data test test-all lint format train bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +46,9 @@ format:  ## apply ruff's fixes and formatting
 
 train:  ## the default job: DINO, ViT-tiny/4 on Fashion-MNIST (ARGS="key=value ..." to override)
 	$(BIN)/python train.py $(ARGS)
+
+bench:  ## pretraining-step benchmark table on a GPU (BENCH_ARGS="..." to change; see README)
+	$(BIN)/python -m benchmarks.step $(BENCH_ARGS)
 
 clean:  ## remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache .mypy_cache

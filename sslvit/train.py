@@ -15,10 +15,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from sslvit.callbacks.run_config import RunConfigInCheckpoint
-from sslvit.utils.checkpoint import backbone_state_dict, load_backbone_weights, load_checkpoint
+from sslvit.eval.checkpoint_import import complete_for, import_backbone_state, load_any_checkpoint
+from sslvit.utils.checkpoint import load_backbone_weights
+from sslvit.utils.config_check import check_config_types
+from sslvit.utils.resume import resolve_ckpt_path
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +50,23 @@ def output_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.get("output_dir") or os.getcwd())
 
 
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``last`` -> this run folder's ``checkpoints/last.ckpt``; a file path must exist."""
-    if not ckpt_path:
-        return None
-    if ckpt_path == "last":
-        last = output_dir / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise FileNotFoundError(
-                f"ckpt_path=last: no {last}; "
-                "resume inside the earlier run's folder with hydra.run.dir=<that folder>"
-            )
-        return str(last)
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path {ckpt_path} does not exist")
-    return ckpt_path
-
-
 def init_backbones(model: Any, path: str) -> None:
-    """``init_from=<file>``: student and teacher backbones from a checkpoint; heads and optimizer fresh."""
-    state = backbone_state_dict(load_checkpoint(path))
+    """``init_from=<file>``: student and teacher backbones from a checkpoint; heads and optimizer fresh.
+
+    Accepts our checkpoints, plain backbone state dicts and DINO / iBOT / DINOv2 releases
+    (:mod:`sslvit.eval.checkpoint_import`); a source without a mask token keeps the backbone's own.
+    """
+    source = f"init_from={path}"
+    checkpoint = load_any_checkpoint(path)
+    try:
+        imported = import_backbone_state(checkpoint)
+    except ValueError as err:
+        raise ValueError(f"{source} does not fit this backbone: {err}") from err
     for network in (model.student, model.teacher):
-        if network is not None:
-            load_backbone_weights(network["backbone"], state, source=f"init_from={path}")
-    log.info("initialised student and teacher backbones from %s", path)
+        if network is not None and "backbone" in network:  # a frozen tokenizer teacher has none
+            backbone = network["backbone"]
+            load_backbone_weights(backbone, complete_for(backbone, imported), source=source)
+    log.info("initialised student and teacher backbones from %s (%s layout)", path, imported.layout)
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -94,14 +91,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job described by ``cfg``; return the summary also written to summary.json."""
     start = time.time()
     quiet_known_warnings()
+    check_config_types(cfg)  # `data.batch_size=abc` -> one line naming the key, before anything is built
     output_dir = output_dir_of(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
-    backbone = instantiate(cfg.backbone)
-    model = instantiate(cfg.method, backbone=backbone)
+    # `backbone: null` for methods without a ViT (a tokenizer's own training, e.g. method=dvae).
+    method_kwargs = {} if cfg.get("backbone") is None else {"backbone": instantiate(cfg.backbone)}
+    model = instantiate(cfg.method, **method_kwargs)
     if cfg.get("init_from"):
         init_backbones(model, cfg.init_from)
 
@@ -115,7 +114,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=output_dir
     )
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+    status, preempted = "completed", None
+    try:
+        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException as stop:  # pre-empted: last.ckpt was saved (CheckpointOnSigterm)
+        status, preempted = "preempted", stop
 
     checkpoints: dict[str, str] = {}
     for cb in trainer.checkpoint_callbacks:
@@ -125,6 +129,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if cb.best_model_path:
                 checkpoints["best"] = cb.best_model_path
     summary = {
+        "status": status,
         "metrics": scalar_metrics(dict(trainer.callback_metrics)),
         "checkpoints": checkpoints,
         "output_dir": str(output_dir),
@@ -134,4 +139,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_json_atomic(summary, output_dir / "summary.json")
         print(f"summary: {output_dir / 'summary.json'}")
         print(f"output dir: {output_dir}")
+    if preempted is not None:
+        # Leave as Lightning would (a clean exit); a sweep stops here rather than start jobs that the
+        # scheduler is about to kill too.
+        raise preempted
     return summary

@@ -45,6 +45,14 @@ def test_multirun_sweep_writes_one_summary_per_job(tmp_path):
         assert "val/knn_top1" in summary["metrics"]
         assert summary["output_dir"] == str(path.parent)
         assert f"output dir: {path.parent}" in proc.stdout
+    # the Hydra callback collated the sweep: one row per job, the swept key as a column
+    table = (tmp_path / "sweep_results.md").read_text()
+    assert "| job | method.out_dim | status | val/knn_top1 |" in table
+    assert {line.split(" | ")[1] for line in table.splitlines() if line.startswith(("| 0 ", "| 1 "))} == {
+        "64",
+        "128",
+    }
+    assert len((tmp_path / "sweep_results.csv").read_text().splitlines()) == 3  # header + 2 jobs
 
 
 def test_missing_data_folder_fails_at_start_naming_the_path(tmp_path):

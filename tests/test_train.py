@@ -20,7 +20,8 @@ def test_every_method_option_composes_for_eight_gpus(method):
         cfg = compose(config_name="config", overrides=[f"method={method}", "trainer.devices=8"])
     assert cfg.trainer.devices == 8
     assert cfg.method._target_.startswith("sslvit.methods.")
-    assert cfg.backbone.patch_size == cfg.data.patch_size
+    if cfg.backbone is not None:  # method=dvae trains a tokenizer, no ViT
+        assert cfg.backbone.patch_size == cfg.data.patch_size
 
 
 def test_unknown_key_is_a_hydra_error():
@@ -97,8 +98,9 @@ def test_paper_recipes_compose_and_replace_the_cpu_budget(experiment):
     assert cfg.trainer.limit_train_batches is None  # full epochs, not the default job's short ones
     assert cfg.trainer.max_epochs >= 100
     assert cfg.method.optim.warmup_epochs == 10
-    assert cfg.method.optim.freeze_last_layer_epochs == 1
-    assert cfg.method.out_dim in (8192, 65536)
+    if "out_dim" in cfg.method:  # prototype heads (DINO, iBOT, DINOv2); BEiT has a token classifier
+        assert cfg.method.optim.freeze_last_layer_epochs == 1
+        assert cfg.method.out_dim in (8192, 65536)
     assert cfg.data.transform.global_crop_size == 224
     assert cfg.data.transform.global_crop_size % cfg.backbone.patch_size == 0
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
@@ -11,12 +12,36 @@ from timm.layers import Attention
 from timm.models import checkpoint_seq
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from sslvit.backbones.rel_pos_bias import RelativePositionBias
 
 _BLOCK_PARAM = re.compile(r"^blocks\.(\d+)\.")
 # Parameters that sit before the first block (layer 0 for layer-wise lr decay) and after the last one.
 _STEM_PREFIXES = ("patch_embed.", "norm_pre.")
 _STEM_TOKENS = ("cls_token", "reg_token", "pos_embed", "mask_token")
-_TOP_PREFIXES = ("norm.", "fc_norm.", "head.", "attn_pool.")
+# The shared relative position bias serves every block; BEiT gives it the top layer's lr.
+_TOP_PREFIXES = ("norm.", "fc_norm.", "head.", "attn_pool.", "rel_pos_bias.")
+
+
+_BlockCall = Callable[[nn.Module, Tensor, Tensor | None], Tensor]
+
+
+def _call_block(block: nn.Module, x: Tensor, bias: Tensor | None) -> Tensor:
+    return block(x, attn_mask=bias)
+
+
+@functools.cache
+def _compiled_block_call() -> _BlockCall:
+    """One compiled function shared by every block of every MaskedViT (``compile_blocks=True``).
+
+    Compiling a free function that takes the block as an argument, rather than ``block.compile()``,
+    keeps the state dict and ``copy.deepcopy`` intact (a deep-copied teacher would otherwise call the
+    student's compiled forward), and all blocks of one shape share a graph: dynamo lifts their
+    parameters to graph inputs, so only (shape, grad mode, autocast) combinations recompile.
+    ``dynamic=False``: a step has few distinct shapes (global and local crops), each gets static kernels.
+    """
+    return cast(_BlockCall, torch.compile(_call_block, dynamic=False))
 
 
 class MaskedViT(VisionTransformer):
@@ -29,6 +54,8 @@ class MaskedViT(VisionTransformer):
       added (BEiT, arXiv:2106.08254; iBOT, arXiv:2111.07832; DINOv2, arXiv:2304.07193);
     * register tokens (Darcet et al., 2024, "Vision Transformers Need Registers", arXiv:2309.16588);
     * LayerScale (Touvron et al., 2021, arXiv:2103.17239) and stochastic depth;
+    * optionally a relative position bias shared by all blocks (BEiT), added to the attention logits
+      through timm's additive ``attn_mask``; without it the blocks run exactly as in timm;
     * inputs of any size that is a multiple of the patch size, square or not: the learned absolute
       position embedding is resampled bicubically to the input's patch grid on every call;
     * DINOv2-style outputs (``forward_features`` dict, ``get_intermediate_layers``) and the DINO
@@ -52,6 +79,12 @@ class MaskedViT(VisionTransformer):
         num_register_tokens: Number of register tokens R (DINOv2 uses 4; 0 disables them).
         layerscale_init: Initial LayerScale value (1e-5 in DINOv2, 0.1 in BEiT); ``None`` disables it.
         drop_path_rate: Stochastic-depth rate of the last block (linearly increasing from 0).
+        rel_pos_bias: Add a relative position bias shared across blocks (BEiT pretraining); it covers
+            grids up to the native one.
+        fused_attn: Attention through ``F.scaled_dot_product_attention`` (flash / memory-efficient
+            kernels, timm's default); False runs the explicit ``softmax(q k^T) v`` (for comparison).
+        compile_blocks: Run every block through one ``torch.compile``d function (a speed switch; the
+            state dict is unchanged). Compilation takes seconds to minutes on the first steps.
     """
 
     def __init__(
@@ -67,6 +100,9 @@ class MaskedViT(VisionTransformer):
         num_register_tokens: int = 0,
         layerscale_init: float | None = None,
         drop_path_rate: float = 0.0,
+        rel_pos_bias: bool = False,
+        fused_attn: bool = True,
+        compile_blocks: bool = False,
     ) -> None:
         if num_register_tokens < 0:
             raise ValueError(f"num_register_tokens must be >= 0, got {num_register_tokens}")
@@ -94,6 +130,13 @@ class MaskedViT(VisionTransformer):
         )
         # Zero init as in iBOT / DINOv2: a masked patch starts out as "position only".
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.rel_pos_bias: RelativePositionBias | None = None
+        if rel_pos_bias:
+            grid = tuple(int(s) for s in self.patch_embed.grid_size)
+            self.rel_pos_bias = RelativePositionBias((grid[0], grid[1]), num_heads, self.num_prefix_tokens)
+        for block in self.blocks:  # timm reads fused_attn on every call (Final only for TorchScript)
+            cast(Attention, cast(Block, block).attn).fused_attn = fused_attn  # type: ignore[misc]
+        self.compile_blocks = compile_blocks
 
     # ----------------------------------------------------------------------------------------------
     # Properties and parameter-name helpers
@@ -118,7 +161,7 @@ class MaskedViT(VisionTransformer):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """Names of the token / position parameters that take no weight decay (only those that exist)."""
-        names = {"pos_embed", "cls_token", "reg_token", "mask_token"}
+        names = {"pos_embed", "cls_token", "reg_token", "mask_token", "rel_pos_bias.table"}
         return {name for name, _ in self.named_parameters() if name in names}
 
     def layer_id(self, param_name: str) -> int:
@@ -171,10 +214,28 @@ class MaskedViT(VisionTransformer):
         x = self.patch_drop(x)
         return self.norm_pre(x)
 
-    def _run_blocks(self, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+    def attention_bias(self, height: int, width: int) -> Tensor | None:
+        """The ``(1, heads, T, T)`` relative position bias for an input of this size, or None."""
+        if self.rel_pos_bias is None:
+            return None
+        return self.rel_pos_bias(self.grid_size(height, width))
+
+    def _run_blocks(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        if self.compile_blocks and not (self.grad_checkpointing and self.training):
+            run_block = _compiled_block_call()
+            for block in self.blocks:
+                x = run_block(block, x, bias)
+            return x
+        if bias is None:  # timm's own path, unchanged
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                return checkpoint_seq(self.blocks, x)
+            return self.blocks(x)
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, bias, use_reentrant=False)
+            else:
+                x = block(x, attn_mask=bias)
+        return x
 
     def forward_features(  # type: ignore[override]
         self, images: Tensor, masks: Tensor | None = None
@@ -185,7 +246,8 @@ class MaskedViT(VisionTransformer):
             ``x_norm_clstoken (B, D)``, ``x_norm_regtokens (B, R, D)``, ``x_norm_patchtokens (B, N, D)``,
             ``x_prenorm (B, T, D)`` (last block output before the final norm) and ``masks`` (as given).
         """
-        x_prenorm = self._run_blocks(self.prepare_tokens(images, masks))
+        bias = self.attention_bias(images.shape[-2], images.shape[-1])
+        x_prenorm = self._run_blocks(self.prepare_tokens(images, masks), bias)
         x_norm = self.norm(x_prenorm)
         start = self.num_prefix_tokens
         return {
@@ -220,10 +282,11 @@ class MaskedViT(VisionTransformer):
         if (isinstance(n, int) and not 1 <= n <= depth) or any(not -depth <= i < depth for i in indices):
             raise ValueError(f"n={n} selects blocks outside 0..{depth - 1}")
         x = self.prepare_tokens(images)
+        bias = self.attention_bias(images.shape[-2], images.shape[-1])
         outputs: dict[int, Tensor] = {}
         wanted = {i % depth for i in indices}
         for i, block in enumerate(self.blocks[: max(wanted) + 1]):
-            x = block(x)
+            x = block(x, attn_mask=bias)
             if i in wanted:
                 outputs[i] = self.norm(x) if norm else x
         start = self.num_prefix_tokens
@@ -233,7 +296,9 @@ class MaskedViT(VisionTransformer):
     def get_last_selfattention(self, images: Tensor) -> Tensor:
         """Softmax attention weights of the last block, ``(B, heads, T, T)`` (DINO's attention maps)."""
         x = self.prepare_tokens(images)
-        x = self.blocks[:-1](x)
+        bias = self.attention_bias(images.shape[-2], images.shape[-1])
+        for block in self.blocks[:-1]:
+            x = block(x, attn_mask=bias)
         last = cast(Block, self.blocks[-1])
         attn = cast(Attention, last.attn)
         y = last.norm1(x)
@@ -241,4 +306,5 @@ class MaskedViT(VisionTransformer):
         # Same projection, q/k norm and scale as timm's Attention; only the weights are kept.
         qkv = attn.qkv(y).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])  # (B, heads, T, head_dim)
-        return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, heads, T, T)
+        return (logits if bias is None else logits + bias).softmax(dim=-1)

@@ -8,26 +8,30 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sslvit.data.batch import MultiCropBatch
-from sslvit.data.collate import collate_eval, collate_multicrop
+from sslvit.data.batch import MaskedImageBatch, MultiCropBatch
+from sslvit.data.collate import collate_eval, collate_multicrop, collate_views
 from sslvit.data.datasets import FakeDataset, FashionMNIST, ImageFolderDataset, eval_image_folder
 from sslvit.data.image_io import UnreadableImageError, load_rgb
-from sslvit.data.transforms import EvalTransform, MultiCropTransform
+from sslvit.data.transforms import BEiTTransform, EvalTransform, MultiCropTransform, SingleCropTransform
 
 if TYPE_CHECKING:
     from sslvit.data.datamodule import SSLDataModule
 
 __all__ = [
+    "BEiTTransform",
     "EvalTransform",
     "FakeDataset",
     "FashionMNIST",
     "ImageFolderDataset",
+    "MaskedImageBatch",
     "MultiCropBatch",
     "MultiCropTransform",
     "SSLDataModule",
+    "SingleCropTransform",
     "UnreadableImageError",
     "collate_eval",
     "collate_multicrop",
+    "collate_views",
     "eval_image_folder",
     "load_rgb",
 ]

@@ -43,3 +43,45 @@ class MultiCropBatch:
             masks=None if self.masks is None else self.masks.pin_memory(),
             num_skipped=self.num_skipped,
         )
+
+
+@dataclass
+class MaskedImageBatch:
+    """One view per image, optionally with a tokenizer view of the same crop and patch masks.
+
+    What masked image modelling with a tokenizer needs (BEiT, Bao et al., 2022): the backbone's view,
+    the tokenizer's view of the same crop at the resolution whose token grid equals the patch grid, and
+    masks drawn in the loader. A tokenizer's own training (dVAE) uses ``images`` alone.
+
+    Attributes:
+        images: (B,C,H,W) the backbone's view (normalised), or the tokenizer's training images.
+        labels: (B,) int64 class ids, -1 where the dataset has no labels. Only evaluation reads them.
+        tokenizer_images: (B,C,h,w) pixels in [0, 1] for the tokenizer, or None.
+        masks: (B,N) bool on the patch grid of ``images``, True = masked; None when nothing is masked.
+        num_skipped: how many unreadable samples the loader dropped while building this batch.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    tokenizer_images: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
+    num_skipped: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def global_crops(self) -> list[torch.Tensor]:
+        """``[images]``: the unmasked view under the multi-crop name that evaluation callbacks read."""
+        return [self.images]
+
+    def pin_memory(self) -> MaskedImageBatch:
+        """Called by ``DataLoader(pin_memory=True)`` so host-to-GPU copies can run asynchronously."""
+        return MaskedImageBatch(
+            images=self.images.pin_memory(),
+            labels=self.labels.pin_memory(),
+            tokenizer_images=None if self.tokenizer_images is None else self.tokenizer_images.pin_memory(),
+            masks=None if self.masks is None else self.masks.pin_memory(),
+            num_skipped=self.num_skipped,
+        )

@@ -12,11 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslvit.data.batch import MultiCropBatch
+from sslvit.data.batch import MaskedImageBatch, MultiCropBatch
 
 # mask_fn(num_masks, (grid_h, grid_w)) -> (num_masks, grid_h * grid_w) bool, True = masked.
 MaskFn = Callable[[int, tuple[int, int]], Any]
 MultiCropSample = tuple[tuple[list[torch.Tensor], list[torch.Tensor]], int]
+# ((image view, tokenizer view or None), label)
+ViewsSample = tuple[tuple[torch.Tensor, torch.Tensor | None], int]
 
 
 def collate_multicrop(
@@ -52,21 +54,62 @@ def collate_multicrop(
     labels = torch.tensor([int(s[1]) for s in kept], dtype=torch.int64)
     masks = None
     if mask_fn is not None:
-        if patch_size is None:
-            raise ValueError("collate_multicrop: mask_fn needs patch_size to size the mask grid")
-        height, width = global_crops[0].shape[-2:]
-        grid = (height // patch_size, width // patch_size)
-        num_masks = num_global * len(kept)
-        drawn = mask_fn(num_masks, grid)
-        masks = (drawn if isinstance(drawn, torch.Tensor) else torch.from_numpy(np.asarray(drawn))).bool()
-        if masks.shape != (num_masks, grid[0] * grid[1]):
-            raise ValueError(
-                f"mask_fn returned shape {tuple(masks.shape)}, expected {(num_masks, grid[0] * grid[1])}"
-            )
+        masks = draw_masks(mask_fn, num_global * len(kept), global_crops[0], patch_size, "collate_multicrop")
     return MultiCropBatch(
         global_crops=global_crops,
         local_crops=local_crops,
         labels=labels,
+        masks=masks,
+        num_skipped=len(samples) - len(kept),
+    )
+
+
+def draw_masks(
+    mask_fn: MaskFn, num_masks: int, images: torch.Tensor, patch_size: int | None, caller: str
+) -> torch.Tensor:
+    """``(num_masks, h*w)`` bool masks from ``mask_fn`` on the patch grid of ``images (B,C,H,W)``."""
+    if patch_size is None:
+        raise ValueError(f"{caller}: mask_fn needs patch_size to size the mask grid")
+    height, width = images.shape[-2:]
+    grid = (height // patch_size, width // patch_size)
+    drawn = mask_fn(num_masks, grid)
+    masks = (drawn if isinstance(drawn, torch.Tensor) else torch.from_numpy(np.asarray(drawn))).bool()
+    if masks.shape != (num_masks, grid[0] * grid[1]):
+        raise ValueError(
+            f"mask_fn returned shape {tuple(masks.shape)}, expected {(num_masks, grid[0] * grid[1])}"
+        )
+    return masks
+
+
+def collate_views(
+    samples: Sequence[ViewsSample | None],
+    mask_fn: MaskFn | None = None,
+    patch_size: int | None = None,
+) -> MaskedImageBatch:
+    """Stack ``((image, tokenizer view | None), label)`` samples into a :class:`MaskedImageBatch`.
+
+    The collate of single-crop transforms (:class:`~sslvit.data.transforms.BEiTTransform`,
+    :class:`~sslvit.data.transforms.SingleCropTransform`). ``None`` samples are dropped and counted;
+    with ``mask_fn``, one mask per image is drawn on the patch grid of the image view.
+
+    Raises:
+        RuntimeError: every sample of the batch was unreadable.
+        ValueError: ``mask_fn`` without ``patch_size``, or masks of the wrong shape.
+    """
+    kept = [s for s in samples if s is not None]
+    if not kept:
+        raise RuntimeError(
+            f"all {len(samples)} samples of a batch were unreadable; see the 'skipping unreadable "
+            "image' warnings for their paths"
+        )
+    images = torch.stack([s[0][0] for s in kept])
+    tokenizer_views = [s[0][1] for s in kept]
+    tokenizer_images = None if tokenizer_views[0] is None else torch.stack(tokenizer_views)  # type: ignore[arg-type]
+    masks = None if mask_fn is None else draw_masks(mask_fn, len(kept), images, patch_size, "collate_views")
+    return MaskedImageBatch(
+        images=images,
+        labels=torch.tensor([int(s[1]) for s in kept], dtype=torch.int64),
+        tokenizer_images=tokenizer_images,
         masks=masks,
         num_skipped=len(samples) - len(kept),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -11,20 +12,24 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from sslvit.data.collate import MaskFn, collate_eval, collate_multicrop
+from sslvit.data.resumable import ResumableDataLoader, ResumableSampler, SeededSamples
 from sslvit.data.transformed import ImageDataset, IndexedEvalDataset, TransformedDataset
-from sslvit.utils.distributed import is_distributed
+from sslvit.utils.distributed import is_distributed, rank, world_size
 
 
 class SSLDataModule(L.LightningDataModule):
     """Multi-crop pretraining batches plus deterministic, labelled evaluation loaders.
 
     ``train_dataloader`` yields :class:`~sslvit.data.batch.MultiCropBatch` (masks drawn in the workers
-    when ``masking`` is set). Evaluation callbacks (k-NN, linear probe) call :meth:`eval_dataloader`,
-    which yields ``(images, labels, indices)`` from a fixed subset; there is no ``val_dataloader``.
+    when ``masking`` is set), or whatever the transform's own ``collate_fn`` builds from its outputs
+    (single-crop transforms: :class:`~sslvit.data.batch.MaskedImageBatch`). Evaluation callbacks (k-NN,
+    linear probe) call :meth:`eval_dataloader`, which yields ``(images, labels, indices)`` from a fixed
+    subset; there is no ``val_dataloader``.
 
     Args:
         train_set: pretraining dataset, ``[i] -> (PIL image, label) | None`` (labels may be -1).
-        transform: multi-crop transform, ``image -> (global crops, local crops)``.
+        transform: multi-crop transform, ``image -> (global crops, local crops)``, or any transform
+            with a ``collate_fn(samples, mask_fn=, patch_size=)`` attribute for its outputs.
         batch_size: per-device pretraining batch size.
         num_workers: DataLoader worker processes (0 = load in the main process).
         patch_size: backbone patch size; crop sizes must be multiples of it and masks use the grid
@@ -44,6 +49,7 @@ class SSLDataModule(L.LightningDataModule):
         root: config convenience that dataset configs interpolate (``${data.root}``); only stored.
         val_root: the same for a separate validation folder.
         labelled: the same for whether a folder has class sub-folders.
+        on_bad_image: the same for the folder datasets' policy on unreadable files (skip / fail).
     """
 
     def __init__(
@@ -67,6 +73,7 @@ class SSLDataModule(L.LightningDataModule):
         root: str | None = None,
         val_root: str | None = None,
         labelled: bool | None = None,
+        on_bad_image: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1 or num_workers < 0 or patch_size < 1:
@@ -95,6 +102,7 @@ class SSLDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.seed = seed
         self.root, self.val_root, self.labelled = root, val_root, labelled
+        self.on_bad_image = on_bad_image
         self._num_classes = _shared_num_classes(eval_train_set, eval_val_set)
 
     @property
@@ -122,17 +130,38 @@ class SSLDataModule(L.LightningDataModule):
                 f"train set has {len(self.train_set)} samples, fewer than batch_size={self.batch_size} "
                 "with drop_last=true: no batch would be produced"
             )
-        collate = functools.partial(collate_multicrop, mask_fn=self.masking, patch_size=self.patch_size)
-        return DataLoader(
-            TransformedDataset(self.train_set, self.transform),
+        collate_fn = getattr(self.transform, "collate_fn", collate_multicrop)
+        collate = functools.partial(collate_fn, mask_fn=self.masking, patch_size=self.patch_size)
+        # A resumable loader: shuffled by (seed, epoch), augmentations seeded per sample, its position
+        # stored in checkpoints, so a run resumed mid-epoch sees the batches of the uninterrupted run.
+        # The order seed follows Lightning's convention for its own DistributedSampler (the global
+        # seed), identical on every rank.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        dataset = TransformedDataset(self.train_set, self.transform)
+        sampler = ResumableSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed)
+        return ResumableDataLoader(
+            SeededSamples(dataset),
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate,
             pin_memory=self.pin_memory,
             drop_last=self.drop_last,
             persistent_workers=self.persistent_workers,
+            generator=torch.Generator().manual_seed(seed),  # worker seeds without touching torch's RNG
+            position_fn=self._train_position,
         )
+
+    def _train_position(self) -> tuple[int, int]:
+        """(epoch, batches of it already trained on) of the fit loop; the next epoch at its end."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        # `processed` counts a batch once its step (and on_train_batch_end) ran: what a checkpoint holds.
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)  # type: ignore[attr-defined]
+        if done >= trainer.num_training_batches:
+            return trainer.current_epoch + 1, 0
+        return trainer.current_epoch, done
 
     def eval_indices(self, split: Literal["train", "val"]) -> list[int]:
         """Sorted indices of the evaluation subset of ``split`` (all indices when no limit is set)."""

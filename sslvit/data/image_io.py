@@ -8,6 +8,7 @@ dataset can catch the error and skip the sample, rather than later inside a tran
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -37,11 +38,20 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
         * 16-bit (``I;16*``) and 32-bit (``I``, ``F``) grayscale: rescaled to 0..255 (65535 -> 255,
           32768 -> 128), not clipped; values outside the 16-bit range are min-max scaled.
 
+    Images with more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (89.5 MP by default) are refused before
+    decoding (decompression-bomb policy); raise that limit in your script to accept bigger ones.
+
     Raises:
         UnreadableImageError: on any failure (missing file, not an image, truncated data, ...).
     """
     try:
-        with Image.open(path) as img:
+        # Pillow only *warns* between MAX_IMAGE_PIXELS (89.5 MP) and twice that, then decodes the whole
+        # thing (a 10000 x 10000 RGB image is 300 MB per loader worker). Treat the warning as the error
+        # it becomes at 2x: such a file is unreadable here, skipped or fatal per data.on_bad_image.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             # Decode everything now: Image.open is lazy and a truncated file would otherwise only
             # fail when a transform first touches the pixels.
             img.load()

@@ -1,7 +1,19 @@
 from sslvit.methods.base import TeacherStudentModule
+from sslvit.methods.beit import BEiT
 from sslvit.methods.dino import DINO
 from sslvit.methods.dinov2 import DINOv2
+from sslvit.methods.dvae import DVAETraining
 from sslvit.methods.ibot import IBOT
 from sslvit.methods.optim_config import OptimConfig
+from sslvit.methods.vqkd import VQKDTraining
 
-__all__ = ["DINO", "IBOT", "DINOv2", "OptimConfig", "TeacherStudentModule"]
+__all__ = [
+    "DINO",
+    "IBOT",
+    "BEiT",
+    "DINOv2",
+    "DVAETraining",
+    "OptimConfig",
+    "TeacherStudentModule",
+    "VQKDTraining",
+]

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from sslvit.methods.optim_config import OptimConfig
+from sslvit.utils.fsdp import unwrapped_name
 from sslvit.utils.param_groups import param_groups
 from sslvit.utils.schedules import cosine_schedule, linear_warmup
 
@@ -24,6 +25,8 @@ class TeacherStudentModule(L.LightningModule):
     * The teacher is a frozen copy of the student updated after every *optimizer* step with
       ``theta_t <- m theta_t + (1 - m) theta_s`` (correct under gradient accumulation), m following a
       cosine from ``momentum_teacher`` to ``momentum_teacher_end``. It always stays in eval mode.
+      Methods whose teacher is a fixed pretrained network (BEiT's tokenizer) call
+      :meth:`set_frozen_teacher` instead: no EMA, no momentum schedule.
     * lr, weight decay and momentum are pure functions of ``trainer.global_step`` (exact resume).
     * ``forward(images)`` returns the teacher backbone's CLS features: what evaluation reads.
 
@@ -47,6 +50,7 @@ class TeacherStudentModule(L.LightningModule):
         self.optim = optim
         self.momentum_teacher = momentum_teacher
         self.momentum_teacher_end = momentum_teacher_end
+        self.ema_teacher = True
         self.embed_dim: int = int(backbone.embed_dim)  # type: ignore[arg-type]
 
     # ----------------------------------------------------------------------------------- teacher
@@ -57,6 +61,13 @@ class TeacherStudentModule(L.LightningModule):
             p.requires_grad_(False)
         self.teacher.eval()
 
+    def set_frozen_teacher(self, **networks: nn.Module) -> None:
+        """Use fixed pretrained networks (e.g. ``tokenizer=``) as the teacher: frozen, never EMA-updated."""
+        self.teacher = nn.ModuleDict(networks)
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        self.ema_teacher = False
+
     def train(self, mode: bool = True) -> TeacherStudentModule:
         super().train(mode)
         if self.teacher is not None:
@@ -65,8 +76,10 @@ class TeacherStudentModule(L.LightningModule):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """theta_t <- m theta_t + (1 - m) theta_s for every teacher parameter."""
+        """theta_t <- m theta_t + (1 - m) theta_s for every teacher parameter (EMA teachers only)."""
         assert self.teacher is not None
+        if not self.ema_teacher:
+            return
         student = dict(self.student.named_parameters())
         pairs = [(t, student[name].detach()) for name, t in self.teacher.named_parameters()]
         torch._foreach_lerp_([t for t, _ in pairs], [s for _, s in pairs], 1.0 - momentum)
@@ -103,7 +116,7 @@ class TeacherStudentModule(L.LightningModule):
     def schedule_values(self, step: int) -> dict[str, float]:
         """Every schedule of the base at optimizer step ``step`` (0-based)."""
         o, total = self.optim, self.total_steps
-        return {
+        values = {
             "lr": cosine_schedule(
                 step,
                 total,
@@ -112,13 +125,23 @@ class TeacherStudentModule(L.LightningModule):
                 self.epochs_to_steps(o.warmup_epochs),
             ),
             "wd": cosine_schedule(step, total, o.weight_decay, o.weight_decay_end),
-            "momentum": cosine_schedule(step, total, self.momentum_teacher, self.momentum_teacher_end),
         }
+        if self.ema_teacher:
+            values["momentum"] = cosine_schedule(
+                step, total, self.momentum_teacher, self.momentum_teacher_end
+            )
+        return values
 
     # --------------------------------------------------------------------------------- optimizer
+    def setup(self, stage: str) -> None:
+        # FSDP turns every parameter into a 1-d shard (and renames it) before configure_optimizers
+        # runs; remember the true dimensions now so weight decay still skips only biases and norms.
+        self._param_ndim = {unwrapped_name(n): p.ndim for n, p in self.student.named_parameters()}
+
     def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
         """Biases, norms (all 1-d parameters), position embedding and the CLS / register / mask tokens."""
-        if param.ndim <= 1:
+        name = unwrapped_name(name)
+        if getattr(self, "_param_ndim", {}).get(name, param.ndim) <= 1:
             return True
         backbone: Any = self.student["backbone"]
         exempt = backbone.no_weight_decay() if hasattr(backbone, "no_weight_decay") else set()
@@ -126,6 +149,7 @@ class TeacherStudentModule(L.LightningModule):
 
     def layer_id(self, name: str) -> int:
         backbone: Any = self.student["backbone"]
+        name = unwrapped_name(name)
         if name.startswith("backbone."):
             return int(backbone.layer_id(name.removeprefix("backbone.")))
         return len(backbone.blocks) + 1  # heads sit above the last block
@@ -165,18 +189,29 @@ class TeacherStudentModule(L.LightningModule):
                 optimizer, gradient_clip_val=self.optim.clip_grad, gradient_clip_algorithm="norm"
             )
 
-    def optimizer_step(
-        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
-    ) -> None:
-        step = self.trainer.global_step
+    def apply_schedules(self, optimizer: torch.optim.Optimizer, step: int) -> dict[str, float]:
+        """Write the lr / weight decay of optimizer step ``step`` into every group; return all values."""
         values = self.schedule_values(step)
         for group in optimizer.param_groups:
             group["lr"] = values["lr"] * group["lr_scale"]
             group["weight_decay"] = values["wd"] if group["apply_wd"] else 0.0
+        return values
+
+    def after_optimizer_step(self, values: dict[str, float]) -> None:
+        """EMA teacher update and schedule logging, once per optimizer step (``values`` from above)."""
+        if "momentum" in values:  # EMA teachers only
+            self.update_teacher(values["momentum"])
+        self.log_dict({f"sched/{k}": v for k, v in values.items()}, on_step=True, on_epoch=False)
+
+    # The per-step pieces above are separate methods so that benchmarks/step.py can drive the very same
+    # step without Lightning's loop.
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        values = self.apply_schedules(optimizer, self.trainer.global_step)
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         # Once per optimizer step, whatever accumulate_grad_batches is.
-        self.update_teacher(values["momentum"])
-        self.log_dict({f"sched/{k}": v for k, v in values.items()}, on_step=True, on_epoch=False)
+        self.after_optimizer_step(values)
 
     # ------------------------------------------------------------------------------------ logging
     def log_losses(self, total: torch.Tensor, terms: dict[str, torch.Tensor], batch_size: int) -> None:

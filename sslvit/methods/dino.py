@@ -80,7 +80,8 @@ class DINO(TeacherStudentModule):
             teacher_cls = self.teacher["backbone"](torch.cat(batch.global_crops))  # (G*B, D)
             teacher_logits = self.teacher["head"](teacher_cls)  # (G*B, K)
             teacher_temp = self.current_teacher_temp()
-            teacher_probs = self.centering.probs(teacher_logits, teacher_temp).chunk(num_global)
+            teacher_probs_all = self.centering.probs(teacher_logits, teacher_temp)  # (G*B, K)
+            teacher_probs = teacher_probs_all.chunk(num_global)
 
         crops = batch.global_crops + batch.local_crops
         student_cls = torch.cat([self.student["backbone"](x) for x in cat_by_resolution(crops)])
@@ -91,4 +92,9 @@ class DINO(TeacherStudentModule):
 
         self.log_losses(dino_loss, {"dino": dino_loss}, batch.batch_size)
         self.log("sched/teacher_temp", teacher_temp, on_step=True, on_epoch=False)
-        return {"loss": dino_loss, "features": teacher_cls[: batch.batch_size].detach()}
+        # teacher_probs: the targets the loss saw, read by sslvit.callbacks.HealthMonitor.
+        return {
+            "loss": dino_loss,
+            "features": teacher_cls[: batch.batch_size].detach(),
+            "teacher_probs": teacher_probs_all,
+        }

@@ -104,7 +104,8 @@ class DINOv2(TeacherStudentModule):
             teacher_patch_logits = self.teacher["ibot_head"](
                 teacher_out["x_norm_patchtokens"][masks]
             )  # (M, K')
-            teacher_cls_probs = self.cls_targets.probs(teacher_cls_logits, temp).chunk(num_global)
+            teacher_cls_probs_all = self.cls_targets.probs(teacher_cls_logits, temp)  # (G*B, K)
+            teacher_cls_probs = teacher_cls_probs_all.chunk(num_global)
             teacher_patch_probs = self.patch_targets.probs(teacher_patch_logits, temp)
 
         student_out = student_backbone.forward_features(globals_, masks=masks)
@@ -128,4 +129,9 @@ class DINOv2(TeacherStudentModule):
 
         self.log_losses(loss, terms, batch_size)  # type: ignore[arg-type]
         self.log("sched/teacher_temp", temp, on_step=True, on_epoch=False)
-        return {"loss": loss, "features": teacher_out["x_norm_clstoken"][:batch_size].detach()}
+        # teacher_probs: the CLS targets the loss saw, read by sslvit.callbacks.HealthMonitor.
+        return {
+            "loss": loss,
+            "features": teacher_out["x_norm_clstoken"][:batch_size].detach(),
+            "teacher_probs": teacher_cls_probs_all,
+        }

@@ -115,7 +115,8 @@ class IBOT(TeacherStudentModule):
                 teacher_out["x_norm_patchtokens"]
             )  # (G*B, N, K')
             cls_temp, patch_temp = self.current_teacher_temps()
-            teacher_cls_probs = self.cls_centering.probs(teacher_cls_logits, cls_temp).chunk(num_global)
+            teacher_cls_probs_all = self.cls_centering.probs(teacher_cls_logits, cls_temp)  # (G*B, K)
+            teacher_cls_probs = teacher_cls_probs_all.chunk(num_global)
             teacher_patch_probs = self.patch_centering.probs(teacher_patch_logits, patch_temp)
 
         student_out = student_backbone.forward_features(globals_, masks=batch.masks)
@@ -137,4 +138,9 @@ class IBOT(TeacherStudentModule):
 
         self.log_losses(loss, {"dino": cls_loss, "ibot": patch_loss}, batch_size)
         self.log_dict({"sched/teacher_temp": cls_temp, "sched/teacher_patch_temp": patch_temp}, on_step=True)
-        return {"loss": loss, "features": teacher_out["x_norm_clstoken"][:batch_size].detach()}
+        # teacher_probs: the CLS targets the loss saw, read by sslvit.callbacks.HealthMonitor.
+        return {
+            "loss": loss,
+            "features": teacher_out["x_norm_clstoken"][:batch_size].detach(),
+            "teacher_probs": teacher_cls_probs_all,
+        }

@@ -1,0 +1,19 @@
+"""Visual tokenizers: image -> grid of discrete token ids, the targets of BEiT-style pretraining."""
+
+from sslvit.tokenizers.base import VisualTokenizer, token_grid
+from sslvit.tokenizers.dalle import DALLEStyleEncoder, DALLETokenizer
+from sslvit.tokenizers.dvae import DVAE, code_statistics, kl_to_uniform, usage_and_perplexity
+from sslvit.tokenizers.io import load_tokenizer, save_tokenizer
+
+__all__ = [
+    "DVAE",
+    "DALLEStyleEncoder",
+    "DALLETokenizer",
+    "VisualTokenizer",
+    "code_statistics",
+    "kl_to_uniform",
+    "load_tokenizer",
+    "save_tokenizer",
+    "token_grid",
+    "usage_and_perplexity",
+]

@@ -11,11 +11,25 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 
-from sslvit.callbacks import KNNCallback, OnlineLinearProbe
+from sslvit.callbacks import (
+    AtomicModelCheckpoint,
+    CheckpointOnSigterm,
+    FiniteLossGuard,
+    HealthMonitor,
+    KNNCallback,
+    OnlineLinearProbe,
+    SeedEveryStep,
+)
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
+# conf/callbacks/checkpoint.yaml, which every config but `none` includes
+CHECKPOINTING = {
+    "checkpoint": AtomicModelCheckpoint,
+    "sigterm": CheckpointOnSigterm,
+    "finite_loss": FiniteLossGuard,
+    "step_seed": SeedEveryStep,
+}
 
 
 def _callbacks(choice: str, tmp_path: Path) -> dict[str, Any]:
@@ -30,10 +44,18 @@ def _callbacks(choice: str, tmp_path: Path) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("choice", "expected"),
     [
-        ("default", {"checkpoint": ModelCheckpoint, "knn": KNNCallback, "linear_probe": OnlineLinearProbe}),
-        ("knn", {"checkpoint": ModelCheckpoint, "knn": KNNCallback}),
-        ("linear_probe", {"checkpoint": ModelCheckpoint, "linear_probe": OnlineLinearProbe}),
-        ("checkpoint", {"checkpoint": ModelCheckpoint}),
+        (
+            "default",
+            {
+                **CHECKPOINTING,
+                "knn": KNNCallback,
+                "linear_probe": OnlineLinearProbe,
+                "health": HealthMonitor,
+            },
+        ),
+        ("knn", {**CHECKPOINTING, "knn": KNNCallback}),
+        ("linear_probe", {**CHECKPOINTING, "linear_probe": OnlineLinearProbe}),
+        ("checkpoint", CHECKPOINTING),
         ("none", {}),
     ],
 )

@@ -1,15 +1,91 @@
 """Run by ``torch.distributed.run`` with 2 CPU processes (gloo) from test_ddp.py.
 
 Each rank feeds its own shard of a fixed global batch to the distributed building blocks and rank 0
-saves the results, which the test compares with one process holding the concatenated batch.
+saves the results, which the test compares with one process holding the concatenated batch. The same
+processes also run the k-NN evaluation path (sharded eval loaders, gathered features) and wrap a tiny
+DINO in FSDP on the CPU to check its optimizer parameter groups.
 """
 
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for toys
+
+from sslvit.callbacks import extract_features
+from sslvit.data import EvalTransform, FakeDataset, SSLDataModule
+from sslvit.eval.knn import knn_accuracy
 from sslvit.losses import Centering, SinkhornKnopp
+
+KNN_KS = (1, 3, 5)
+
+
+def knn_model():
+    """Identically initialised on every rank: the features depend only on the images."""
+    from toys import tiny_dino
+
+    torch.manual_seed(0)
+    return tiny_dino().eval()
+
+
+def knn_datamodule() -> SSLDataModule:
+    """13 bank images and 7 queries: neither splits evenly over 2 ranks (the sampler pads)."""
+    return SSLDataModule(
+        train_set=FakeDataset(num_samples=8, image_size=16),
+        transform=lambda image: image,
+        batch_size=4,
+        num_workers=0,
+        patch_size=4,
+        eval_train_set=FakeDataset(num_samples=13, image_size=16, seed=0),
+        eval_val_set=FakeDataset(num_samples=7, image_size=16, seed=1),
+        eval_transform=EvalTransform(size=16, mean=(0.5,) * 3, std=(0.5,) * 3),
+        eval_batch_size=3,
+    )
+
+
+def knn_result(model, datamodule: SSLDataModule) -> dict:
+    """The KNNCallback path: eval loaders (sharded under DDP) -> gathered features -> weighted k-NN."""
+    bank, bank_labels = extract_features(model, datamodule.eval_dataloader("train"))
+    queries, query_labels = extract_features(model, datamodule.eval_dataloader("val"))
+    accuracy = knn_accuracy(bank, bank_labels, queries, query_labels, num_classes=4, ks=KNN_KS)
+    return {"knn": accuracy, "knn_bank": bank, "knn_bank_labels": bank_labels}
+
+
+def fsdp_param_groups(sharded_dir: Path) -> dict:
+    """apply_wd of every student parameter, plain and after FSDP wrapped each ViT block (use_orig_params);
+    then a sharded checkpoint of the wrapped model written the way trainer=fsdp writes one."""
+    from lightning.fabric.strategies.fsdp import _distributed_checkpoint_save, _get_sharded_state_dict_context
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from sslvit.utils.fsdp import module_classes, unwrapped_name
+
+    def groups(model) -> dict[str, bool]:
+        return {
+            unwrapped_name(name): group["apply_wd"]
+            for group in model.configure_optimizers().param_groups
+            for name in group["names"]
+        }
+
+    model = knn_model()
+    model.setup("fit")  # Lightning calls setup before the strategy wraps the model
+    plain = groups(model)
+    policy = ModuleWrapPolicy(module_classes(["timm.models.vision_transformer.Block"]))
+    root = FullyShardedDataParallel(
+        model, auto_wrap_policy=policy, use_orig_params=True, device_id=torch.device("cpu")
+    )
+    with _get_sharded_state_dict_context(root):  # as FSDPStrategy.save_checkpoint(state_dict_type="sharded")
+        _distributed_checkpoint_save({"model": root.state_dict()}, sharded_dir)
+    if dist.get_rank() == 0:
+        torch.save({"global_step": 0}, sharded_dir / "meta.pt")
+    return {
+        "plain": plain,
+        "fsdp": groups(model),
+        "fsdp_ndims": sorted({p.ndim for p in model.student.parameters()}),
+        "fsdp_wrapped_names": any("_fsdp_wrapped_module" in n for n, _ in model.student.named_parameters()),
+    }
 
 
 def global_teacher_logits() -> torch.Tensor:
@@ -42,6 +118,9 @@ def main(out_path: str) -> None:
     dist.all_gather(uneven_all, padded)
     uneven_all = [uneven_all[0][:3], uneven_all[1][:5]]
 
+    knn = knn_result(knn_model(), knn_datamodule())
+    fsdp = fsdp_param_groups(Path(out_path).with_name("sharded.ckpt"))
+
     if rank == 0:
         torch.save(
             {
@@ -49,6 +128,8 @@ def main(out_path: str) -> None:
                 "world": world,
                 "sinkhorn": torch.cat(sinkhorn_all),
                 "sinkhorn_uneven": torch.cat(uneven_all),
+                **knn,
+                "fsdp": fsdp,
             },
             out_path,
         )

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from toys import tiny_dino
 
 from sslvit.losses import Centering, SinkhornKnopp
 
@@ -13,8 +14,13 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
 @pytest.fixture(scope="module")
-def ddp_results(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("ddp") / "results.pt"
+def ddp_out(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ddp")
+
+
+@pytest.fixture(scope="module")
+def ddp_results(ddp_out) -> dict:
+    out = ddp_out / "results.pt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"]
     cmd += ["--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", str(WORKER), str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -58,3 +64,41 @@ def test_center_is_mean_over_global_batch(ddp_results):
     shard_only.update(logits[:4])
     shard_only.update(logits[:4] * 2.0)
     assert not torch.allclose(ddp_results["center"], shard_only.center, atol=1e-3)
+
+
+@pytest.mark.ddp
+def test_knn_accuracy_equals_single_process(ddp_results):
+    """Sharded, padded eval loaders + gathered features give the one-process k-NN figures exactly."""
+    worker = load_worker()
+    single = worker.knn_result(worker.knn_model(), worker.knn_datamodule())
+    assert ddp_results["knn"] == single["knn"]
+    assert torch.equal(ddp_results["knn_bank_labels"], single["knn_bank_labels"])
+    torch.testing.assert_close(ddp_results["knn_bank"], single["knn_bank"])
+    assert ddp_results["knn_bank"].shape[0] == 13  # the sampler's padding row was dropped
+
+
+@pytest.mark.ddp
+def test_fsdp_keeps_weight_decay_groups(ddp_results):
+    """FSDP turns every parameter into a 1-d shard; biases and norms must still be the only exemptions."""
+    fsdp = ddp_results["fsdp"]
+    assert fsdp["fsdp_ndims"] == [1] and fsdp["fsdp_wrapped_names"]  # what makes this test bite
+    assert fsdp["fsdp"] == fsdp["plain"]
+    assert fsdp["plain"]["backbone.blocks.0.attn.qkv.weight"] is True
+    assert fsdp["plain"]["backbone.blocks.0.attn.qkv.bias"] is False
+
+
+@pytest.mark.ddp
+def test_sharded_fsdp_checkpoint_consolidates_into_an_init_from_file(ddp_results, ddp_out):
+    """The export path of trainer=fsdp: sharded folder -> one file -> init_from, weights unchanged."""
+    from sslvit.train import init_backbones
+    from sslvit.utils.fsdp import consolidate_sharded_checkpoint
+
+    sharded = ddp_out / "sharded.ckpt"
+    assert sharded.is_dir() and (sharded / "meta.pt").is_file()
+    single = consolidate_sharded_checkpoint(sharded)
+    assert single == ddp_out / "sharded.ckpt.consolidated"
+    reference = load_worker().knn_model()  # the weights the workers wrapped and saved
+    fresh = tiny_dino()
+    init_backbones(fresh, str(single))
+    for name, value in reference.teacher["backbone"].state_dict().items():
+        assert torch.equal(fresh.student["backbone"].state_dict()[name], value), name

@@ -28,15 +28,25 @@ class ImageFolderDataset:
         root: directory to scan.
         labelled: if True, each immediate sub-folder of ``root`` is a class (sorted names -> ids 0..C-1)
             and its images are found recursively; if False every image under ``root`` gets label -1.
+        on_bad_image: ``"skip"`` (default: skip and count zero-byte and undecodable files, as above) or
+            ``"fail"`` (raise on the first one, naming it: for curated data sets, where a bad file
+            means a broken copy).
 
     Raises:
         FileNotFoundError: ``root`` does not exist or is not a directory.
-        ValueError: no class sub-folders (labelled) or no image files were found.
+        ValueError: no class sub-folders (labelled) or no image files were found, or an unknown
+            ``on_bad_image``.
+        UnreadableImageError: with ``on_bad_image="fail"``, a zero-byte or undecodable file.
     """
 
-    def __init__(self, root: str | os.PathLike[str], labelled: bool = True) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], labelled: bool = True, on_bad_image: str = "skip"
+    ) -> None:
+        if on_bad_image not in ("skip", "fail"):
+            raise ValueError(f"on_bad_image must be 'skip' or 'fail', got {on_bad_image!r}")
         self.root = Path(root).expanduser()
         self.labelled = labelled
+        self.on_bad_image = on_bad_image
         if not self.root.is_dir():
             what = "is not a directory" if self.root.exists() else "does not exist"
             raise FileNotFoundError(f"image folder {self.root} {what}")
@@ -74,6 +84,8 @@ class ImageFolderDataset:
                     empty = os.path.getsize(path) == 0
                 except OSError:  # dangling symlink: unreadable, count it like an empty file
                     empty = True
+                if empty and self.on_bad_image == "fail":
+                    raise UnreadableImageError(path, "empty file (data.on_bad_image=skip skips such files)")
                 if empty:
                     self.num_skipped_at_scan += 1
                 else:
@@ -88,6 +100,10 @@ class ImageFolderDataset:
         try:
             return load_rgb(path), label
         except UnreadableImageError as exc:
+            if self.on_bad_image == "fail":
+                raise UnreadableImageError(
+                    path, f"{exc.reason} (data.on_bad_image=skip skips such files)"
+                ) from exc
             if path not in self._warned:  # once per file and worker process, not once per epoch
                 self._warned.add(path)
                 log.warning("skipping unreadable image: %s", exc)
@@ -98,7 +114,9 @@ class ImageFolderDataset:
         return f"ImageFolderDataset(root={str(self.root)!r}, {kind}, {len(self)} images)"
 
 
-def eval_image_folder(root: str | os.PathLike[str] | None, enabled: bool = True) -> ImageFolderDataset | None:
+def eval_image_folder(
+    root: str | os.PathLike[str] | None, enabled: bool = True, on_bad_image: str = "skip"
+) -> ImageFolderDataset | None:
     """A labelled :class:`ImageFolderDataset` for evaluation, or None when there is nothing to evaluate on.
 
     Lets a config write ``eval_val_set: {_target_: ...eval_image_folder, root: ${data.val_root}}`` with
@@ -107,7 +125,7 @@ def eval_image_folder(root: str | os.PathLike[str] | None, enabled: bool = True)
     """
     if root is None or not enabled:
         return None
-    return ImageFolderDataset(root, labelled=True)
+    return ImageFolderDataset(root, labelled=True, on_bad_image=on_bad_image)
 
 
 def _is_visible_dir(entry: os.DirEntry[str]) -> bool:

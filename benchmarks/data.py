@@ -1,0 +1,138 @@
+"""Data-pipeline benchmark: images/s of JPEG decode, multi-crop transform, masks and collate per worker count.
+
+    python -m benchmarks.data --folder /path/to/jpegs --workers 1,2,4,8 --batches 20
+    python -m benchmarks.data --synthetic 512 --workers 1,2 --batches 10     # writes random JPEGs first
+
+The loader is the project's own (``SSLDataModule.train_dataloader`` composed from conf/ with
+``data=folder``), so decode, crops, colour augmentations, blur, solarisation, masks and collate all count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from PIL import Image
+
+from benchmarks.build import CONF_DIR
+from sslvit.config import register_resolvers
+
+
+def write_synthetic_jpegs(
+    folder: Path, count: int, size: tuple[int, int] = (500, 375), seed: int = 0
+) -> None:
+    """``count`` JPEGs of ImageNet's typical size: smooth colour fields plus noise (quality 90)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    width, height = size
+    for i in range(count):
+        coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(
+            size, Image.Resampling.BICUBIC
+        )
+        noise = rng.normal(0, 12, (height, width, 3))
+        pixels = np.clip(np.asarray(coarse, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"img_{i:06d}.jpg", quality=90)
+
+
+def build_datamodule(args: argparse.Namespace, folder: Path) -> Any:
+    overrides = [
+        f"method={args.method}",
+        "data=folder",
+        f"data.root={folder}",
+        "data.labelled=false",
+        "budget=none",
+        f"data.patch_size={args.patch}",
+        f"data.batch_size={args.batch}",
+        f"data.transform.global_crop_size={args.global_size}",
+        f"data.transform.local_crop_size={args.local_size}",
+        f"data.transform.num_local_crops={args.num_local}",
+        "data.persistent_workers=false",
+        "data.pin_memory=false",
+    ]
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return instantiate(cfg.data)
+
+
+def time_loader(datamodule: Any, workers: int, batches: int) -> dict[str, float]:
+    """Seconds to the first batch (worker start-up), then images/s over the next ``batches`` batches."""
+    datamodule.num_workers, datamodule.persistent_workers = workers, False
+    start = time.perf_counter()
+    iterator = iter(datamodule.train_dataloader())
+    next(iterator)
+    first = time.perf_counter()
+    images = 0
+    for _ in range(batches):
+        try:
+            batch = next(iterator)
+        except StopIteration:  # a small folder: start another epoch
+            iterator = iter(datamodule.train_dataloader())
+            batch = next(iterator)
+        images += batch.batch_size
+    elapsed = time.perf_counter() - first
+    return {
+        "workers": workers,
+        "first_batch_s": first - start,
+        "images": images,
+        "img_per_s": images / elapsed,
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.data", description=__doc__.splitlines()[0])
+    p.add_argument("--folder", type=Path, default=None, help="JPEG folder (any layout, no labels needed)")
+    p.add_argument("--synthetic", type=int, default=0, metavar="N", help="first write N random JPEGs")
+    p.add_argument("--workers", default="1,2,4,8", help="comma-separated DataLoader worker counts")
+    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--method", default="dinov2", choices=["dino", "ibot", "dinov2"], help="selects masks")
+    p.add_argument("--patch", type=int, default=14)
+    p.add_argument("--global-size", type=int, default=224)
+    p.add_argument("--local-size", type=int, default=98)
+    p.add_argument("--num-local", type=int, default=8)
+    p.add_argument("--json", type=Path, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    try:
+        workers = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        raise SystemExit(f"--workers must be comma-separated integers, got {args.workers!r}") from None
+    if args.folder is None and not args.synthetic:
+        raise SystemExit("give --folder <jpeg dir>, --synthetic N, or both (N JPEGs written into --folder)")
+    with tempfile.TemporaryDirectory(prefix="sslvit_bench_jpegs_") as tmp:
+        folder = args.folder or Path(tmp)
+        if args.synthetic:
+            write_synthetic_jpegs(folder, args.synthetic)
+        datamodule = build_datamodule(args, folder)
+        rows = [time_loader(datamodule, w, args.batches) for w in workers]
+    report = {
+        "folder": str(args.folder) if args.folder else f"{args.synthetic} synthetic JPEGs",
+        "images_in_folder": len(datamodule.train_set),
+        "batch": args.batch,
+        "method": args.method,
+        "crops": f"2x{args.global_size} + {args.num_local}x{args.local_size}",
+        "rows": rows,
+    }
+    print(f"{report['folder']}: batch {args.batch}, {report['crops']}, masks of {args.method}")
+    print("| workers | first batch s | img/s |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r['workers']} | {r['first_batch_s']:.2f} | {r['img_per_s']:.1f} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

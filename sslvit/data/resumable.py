@@ -1,0 +1,118 @@
+"""A training loader that can resume in the middle of an epoch and reproduce the interrupted run.
+
+Three pieces make a resumed run draw the same batches, with the same augmentations, as an uninterrupted
+one:
+
+* :class:`ResumableSampler` shuffles with a generator seeded by ``(seed, epoch)`` (like torch's
+  ``DistributedSampler``, which it extends, so Lightning leaves it alone under DDP) and can start an
+  epoch ``k`` batches in, skipping indices rather than decoding images.
+* :class:`SeededSamples` runs each sample's augmentations under its own seed ``f(seed, epoch, index)``,
+  so crops do not depend on which process, worker or prefetch order produced them.
+* :class:`ResumableDataLoader` implements ``state_dict`` / ``load_state_dict``: Lightning stores the
+  loader state in every checkpoint and restores it before the first batch of the resumed run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from sslvit.utils.seeding import mix_seed
+
+
+class ResumableSampler(DistributedSampler):
+    """Shuffled (or ordered) indices of this rank's shard, each paired with a per-sample seed.
+
+    Yields ``(index, sample_seed)`` pairs for :class:`SeededSamples`. Works with no process group
+    (``num_replicas=1, rank=0``) and under DDP (every rank must pass the same ``seed``).
+
+    Args:
+        dataset: the dataset to sample from (only its length is used).
+        num_replicas: number of ranks.
+        rank: this rank.
+        shuffle: shuffle per epoch (permutation seeded by ``seed + epoch``).
+        seed: shared seed of the order and of the per-sample augmentation seeds.
+    """
+
+    def __init__(self, dataset: Any, num_replicas: int, rank: int, shuffle: bool = True, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self._resume_epoch: int | None = None
+        self._resume_skip = 0
+
+    def resume_at(self, epoch: int, samples_done: int) -> None:
+        """Start epoch ``epoch`` at ``samples_done`` (this rank's samples already consumed), once."""
+        self.set_epoch(epoch)
+        self._resume_epoch, self._resume_skip = epoch, max(0, int(samples_done))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        indices = list(super().__iter__())
+        start = 0
+        if self._resume_epoch == self.epoch:
+            start = min(self._resume_skip, len(indices))
+        self._resume_epoch, self._resume_skip = None, 0
+        for index in indices[start:]:
+            yield index, mix_seed(self.seed, self.epoch, index)
+
+
+class SeededSamples(Dataset):
+    """``dataset[(index, seed)]``: ``dataset[index]`` with torch's global generator seeded by ``seed``.
+
+    The transforms draw from torch's global generator; forking it keeps that of the calling process
+    untouched, so loading data never shifts the random numbers of the training step.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        if isinstance(key, int):
+            return self.dataset[key]
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a :class:`ResumableSampler` whose position is saved in checkpoints.
+
+    Lightning calls :meth:`state_dict` when it writes a checkpoint and :meth:`load_state_dict` before
+    iterating in the resumed run. The position is read from the trainer (``position_fn``), not counted
+    here: batches prefetched by Lightning or by workers were produced but not trained on.
+
+    Args:
+        position_fn: ``() -> (epoch, batches_done_in_epoch)`` of the training loop.
+        All other arguments are DataLoader's; ``sampler`` must be a :class:`ResumableSampler`.
+    """
+
+    def __init__(self, *args: Any, position_fn: Callable[[], tuple[int, int]] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, ResumableSampler):
+            raise TypeError("ResumableDataLoader needs a ResumableSampler")
+        self.position_fn = position_fn
+
+    def state_dict(self) -> dict[str, int]:
+        assert isinstance(self.sampler, ResumableSampler)
+        epoch, batches_done = self.position_fn() if self.position_fn else (self.sampler.epoch, 0)
+        assert self.batch_size is not None
+        return {
+            "epoch": int(epoch),
+            "samples_done": int(batches_done) * int(self.batch_size),
+            "seed": int(self.sampler.seed),
+            "num_replicas": int(self.sampler.num_replicas),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        assert isinstance(self.sampler, ResumableSampler)
+        same_layout = state_dict.get("num_replicas") == self.sampler.num_replicas
+        same_seed = state_dict.get("seed") == self.sampler.seed
+        # Another world size or seed shards / orders the data differently: the saved position means
+        # nothing there, so start the epoch from its beginning (what plain Lightning does).
+        samples_done = int(state_dict.get("samples_done", 0)) if same_layout and same_seed else 0
+        self.sampler.resume_at(int(state_dict.get("epoch", 0)), samples_done)

@@ -1,0 +1,142 @@
+"""A frozen feature teacher (VQ-KD's distillation target): one of our checkpoints or a timm ViT file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sslvit.backbones.masked_vit import MaskedViT
+from sslvit.utils.checkpoint import backbone_state_dict, load_backbone_weights, load_checkpoint
+
+# Classifier weights that a timm weights file may carry but a num_classes=0 model has no place for.
+_CLASSIFIER_PREFIXES = ("head.", "fc_norm.", "head_drop.")
+
+
+class FeatureTeacher(nn.Module):
+    """A frozen ViT that supplies final-layer patch features (B, N, D) and CLS features (B, D).
+
+    BEiT v2 distils CLIP-B/16 or DINO patch features into its tokenizer (Peng et al., 2022,
+    arXiv:2208.06366); any frozen ViT with a patch grid works. The teacher reads the same normalised
+    images as the tokenizer (for our own checkpoints trained on the same data, the same normalisation);
+    when its patch size differs, the images are resized so both grids match.
+
+    Args:
+        model: a ``MaskedViT`` or a timm ViT created with ``num_classes=0`` (``dynamic_img_size=True``
+            if it must read other sizes than its native one).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        patch_embed: Any = getattr(model, "patch_embed", None)
+        if patch_embed is None or not hasattr(model, "num_prefix_tokens"):
+            raise ValueError(f"the teacher must be a ViT with patch tokens; got {type(model).__name__}")
+        self.model: Any = model  # MaskedViT or a timm ViT: duck-typed below
+        self.embed_dim = int(model.embed_dim)  # type: ignore[arg-type]
+        self.patch_size = int(patch_embed.patch_size[0])
+        self.model.requires_grad_(False)
+        self.model.eval()
+
+    def train(self, mode: bool = True) -> FeatureTeacher:
+        super().train(False)  # frozen: no dropout / drop path, ever
+        return self
+
+    @torch.no_grad()
+    def patch_features(self, images: Tensor, grid: tuple[int, int]) -> Tensor:
+        """``images (B,C,H,W)`` -> final normalised patch tokens ``(B, h*w, D)`` on ``grid = (h, w)``."""
+        size = (grid[0] * self.patch_size, grid[1] * self.patch_size)
+        if tuple(images.shape[-2:]) != size:
+            images = F.interpolate(images, size=size, mode="bicubic", align_corners=False)
+        if isinstance(self.model, MaskedViT):
+            tokens = self.model.forward_features(images)["x_norm_patchtokens"]
+        else:
+            tokens = self.model.forward_features(images)[:, int(self.model.num_prefix_tokens) :]
+        assert tokens is not None
+        if tokens.shape[1] != grid[0] * grid[1]:
+            raise ValueError(f"teacher gave {tokens.shape[1]} patch tokens for a {grid[0]}x{grid[1]} grid")
+        return tokens
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        """CLS features ``(B, D)``."""
+        if isinstance(self.model, MaskedViT):
+            return self.model(images)
+        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+
+
+def load_feature_teacher(
+    path: str | None = None, arch: str | None = None, weights: str | None = None
+) -> FeatureTeacher:
+    """Build the frozen teacher from ``teacher.path`` or ``teacher.arch`` + ``teacher.weights``.
+
+    Args:
+        path: one of our checkpoints (DINO / iBOT / DINOv2 runs): the backbone is rebuilt from the config
+            stored in it (``sslvit_config``) and gets the checkpoint's *teacher* backbone weights.
+        arch: a timm ViT name (``vit_base_patch16_224``, ...), created with ``pretrained=False``.
+        weights: a local state-dict file for ``arch`` (``.safetensors``, ``.pth``, ``.bin``; no downloads).
+    """
+    if path and (arch or weights):
+        raise ValueError("give either teacher.path=<sslvit checkpoint> or teacher.arch + teacher.weights")
+    if path:
+        return FeatureTeacher(_backbone_from_run(path))
+    if arch:
+        if not weights:
+            raise ValueError(
+                f"teacher.arch={arch} needs teacher.weights=<local file> (nothing is downloaded)"
+            )
+        return FeatureTeacher(_timm_model(arch, weights))
+    raise ValueError(
+        "VQ-KD needs a teacher: teacher.path=<checkpoint of a DINO/iBOT/DINOv2 run> or "
+        "teacher.arch=<timm ViT name> teacher.weights=<file>"
+    )
+
+
+def _backbone_from_run(path: str) -> nn.Module:
+    from hydra.utils import instantiate  # the backbone config of the teacher's own run
+    from omegaconf import OmegaConf
+
+    checkpoint = load_checkpoint(path)
+    if "sslvit_config" not in checkpoint or "state_dict" not in checkpoint:
+        raise ValueError(
+            f"teacher.path={path} is not a checkpoint of sslvit's train.py (no sslvit_config); "
+            "for other weights use teacher.arch=<timm name> teacher.weights=<file>"
+        )
+    backbone = instantiate(OmegaConf.create(checkpoint["sslvit_config"]).backbone)
+    load_backbone_weights(backbone, backbone_state_dict(checkpoint), source=f"teacher.path={path}")
+    return backbone
+
+
+def _timm_model(arch: str, weights: str) -> nn.Module:
+    import timm
+
+    try:
+        model = timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True)
+    except RuntimeError as err:  # timm: "Unknown model (...)"
+        raise ValueError(f"teacher.arch={arch}: {str(err).splitlines()[0]}") from err
+    except TypeError as err:  # not a ViT family model (no dynamic_img_size)
+        raise ValueError(f"teacher.arch={arch} is not a timm ViT with patch tokens: {err}") from err
+    state = _read_state_dict(weights)
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(_CLASSIFIER_PREFIXES)}
+    load_backbone_weights(model, state, source=f"teacher.weights={weights}")
+    return model
+
+
+def _read_state_dict(weights: str) -> dict[str, Tensor]:
+    if Path(weights).suffix == ".safetensors":
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"teacher.weights={weights} does not exist")
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(weights)
+        except Exception as err:  # safetensors raises its own error type on a corrupt header
+            raise ValueError(f"teacher.weights={weights} is not a safetensors file: {err}") from err
+    state = load_checkpoint(weights)
+    for key in ("state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    return {k: v for k, v in state.items() if isinstance(v, Tensor)}
