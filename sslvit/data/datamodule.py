@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from sslvit.data.collate import MaskFn, collate_eval, collate_multicrop
-from sslvit.data.resumable import ResumableDataLoader, ResumableSampler, SeededSamples
+from sslvit.data.resumable import ResumableDataLoader, ResumableSampler, SeededCollate, SeededSamples
 from sslvit.data.transformed import ImageDataset, IndexedEvalDataset, TransformedDataset
 from sslvit.utils.distributed import is_distributed, rank, world_size
 
@@ -144,7 +144,7 @@ class SSLDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=collate,
+            collate_fn=SeededCollate(collate),
             pin_memory=self.pin_memory,
             drop_last=self.drop_last,
             persistent_workers=self.persistent_workers,

@@ -8,6 +8,8 @@ one:
   epoch ``k`` batches in, skipping indices rather than decoding images.
 * :class:`SeededSamples` runs each sample's augmentations under its own seed ``f(seed, epoch, index)``,
   so crops do not depend on which process, worker or prefetch order produced them.
+* :class:`SeededCollate` runs the collate function (which draws the masks) under a seed mixed from the
+  batch's sample seeds, so masks are a function of the batch too.
 * :class:`ResumableDataLoader` implements ``state_dict`` / ``load_state_dict``: Lightning stores the
   loader state in every checkpoint and restores it before the first batch of the resumed run.
 """
@@ -77,6 +79,40 @@ class SeededSamples(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.dataset[index]
+
+    def __getitems__(self, keys: list[Any]) -> SeededBatch:
+        # DataLoader fetches a whole batch through this method when it exists and hands the result to
+        # the collate function: the batch carries a seed mixed from its samples' seeds.
+        batch = SeededBatch(self[key] for key in keys)
+        seeds = [key[1] for key in keys if isinstance(key, tuple)]
+        batch.seed = mix_seed(*seeds) if seeds else None
+        return batch
+
+
+class SeededBatch(list):
+    """The samples of one batch, and the seed their collate function runs under (None: unseeded)."""
+
+    seed: int | None = None
+
+
+class SeededCollate:
+    """Runs a collate function under its batch's seed, so what it draws (masks) is a function of the batch.
+
+    Masks are drawn in the collate function from the worker's generator; without this, a run resumed
+    mid-epoch (other worker seeds, streams at other positions) would see other masks than the
+    uninterrupted run. Torch's generator of the worker is restored afterwards.
+    """
+
+    def __init__(self, collate: Callable[[list[Any]], Any]) -> None:
+        self.collate = collate
+
+    def __call__(self, samples: list[Any]) -> Any:
+        seed = getattr(samples, "seed", None)
+        if seed is None:
+            return self.collate(samples)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.collate(list(samples))
 
 
 class ResumableDataLoader(DataLoader):

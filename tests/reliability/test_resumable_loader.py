@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import torch
 
 from sslvit.data import FakeDataset, MultiCropTransform, SSLDataModule
+from sslvit.data.masking import MaskGenerator
 from sslvit.data.resumable import ResumableDataLoader, ResumableSampler, SeededSamples
 
 
@@ -113,3 +114,29 @@ def test_datamodule_position_rolls_over_at_epoch_end():
     assert dm._train_position() == (3, 2)
     progress.current.processed = 4
     assert dm._train_position() == (4, 0)
+
+
+def test_resumed_loader_draws_the_masks_of_the_uninterrupted_run():
+    def make() -> ResumableDataLoader:
+        dm = SSLDataModule(
+            train_set=FakeDataset(num_samples=24, image_size=16),
+            transform=MultiCropTransform(global_crop_size=16, local_crop_size=8, num_local_crops=1),
+            batch_size=4,
+            num_workers=0,
+            patch_size=4,
+            masking=MaskGenerator(mode="block", ratio_min=0.1, ratio_max=0.5),
+        )
+        loader = dm.train_dataloader()
+        assert isinstance(loader, ResumableDataLoader)
+        return loader
+
+    torch.manual_seed(0)
+    uninterrupted = [batch.masks.clone() for batch in make()]
+    torch.manual_seed(1)  # the resumed process starts from another global RNG state
+    resumed = make()
+    resumed.load_state_dict({"epoch": 0, "samples_done": 8, "seed": 0, "num_replicas": 1})
+    masks_after_resume = [batch.masks for batch in resumed]
+    assert len(masks_after_resume) == len(uninterrupted) - 2
+    assert all(torch.equal(a, b) for a, b in zip(masks_after_resume, uninterrupted[2:]))
+    # Masks still differ from batch to batch (the per-batch seed is not one fixed seed).
+    assert not all(torch.equal(uninterrupted[0], m) for m in uninterrupted[1:])

@@ -26,7 +26,8 @@ class MaskGenerator:
         spread_ratios: spread ratios evenly over the range (DINOv2) instead of drawing them i.i.d.
         min_num_patches: smallest block (16 in BEiT on 14x14; clipped to the budget on small grids).
         min_aspect / max_aspect: block aspect-ratio range.
-        seed: base seed; each DataLoader worker draws from its own stream.
+        seed: base seed; each DataLoader worker draws from its own stream. None (the default): the
+            stream is seeded by torch's seed of the process / worker / batch.
     """
 
     def __init__(
@@ -53,16 +54,19 @@ class MaskGenerator:
         self.aspect = (min_aspect, max_aspect if max_aspect is not None else 1.0 / min_aspect)
         self.seed = seed
         self._rng: np.random.Generator | None = None
-        self._rng_worker: int | None = None
+        self._rng_key: tuple[int, int] | None = None
 
     def rng(self) -> np.random.Generator:
         """This process's / worker's generator (workers get distinct streams from torch's seeds)."""
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else -1
-        if self._rng is None or self._rng_worker != worker:
-            base = self.seed if self.seed is not None else torch.initial_seed()
-            self._rng = np.random.default_rng([int(base) % 2**63, worker + 1])
-            self._rng_worker = worker
+        # With seed=None the stream follows torch's seed: it is re-created whenever that seed changes,
+        # which the resumable training loader does per batch (SeededCollate) so that a run resumed
+        # mid-epoch draws the masks of the uninterrupted run.
+        key = (worker, self.seed if self.seed is not None else torch.initial_seed())
+        if self._rng is None or self._rng_key != key:
+            self._rng = np.random.default_rng([int(key[1]) % 2**63, worker + 1])
+            self._rng_key = key
         return self._rng
 
     def ratios(self, num_masks: int, rng: np.random.Generator) -> np.ndarray:
