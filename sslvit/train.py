@@ -53,7 +53,7 @@ def output_dir_of(cfg: DictConfig) -> Path:
 def init_backbones(model: Any, path: str) -> None:
     """``init_from=<file>``: student and teacher backbones from a checkpoint; heads and optimizer fresh.
 
-    Accepts our checkpoints, plain backbone state dicts and DINO / iBOT / DINOv2 releases
+    Accepts our checkpoints, plain backbone state dicts and DINO / iBOT / DINOv2 / BEiT (v2) releases
     (:mod:`sslvit.eval.checkpoint_import`); a source without a mask token keeps the backbone's own.
     """
     source = f"init_from={path}"

@@ -1,4 +1,4 @@
-"""Import ViT backbone weights from released DINO, iBOT and DINOv2 checkpoints (and from our own).
+"""Import ViT backbone weights from released DINO, iBOT, DINOv2 and BEiT (v2) checkpoints (and from our own).
 
 Layouts recognised (after unwrapping ``state_dict`` / ``teacher`` / ``student`` / ``model`` containers and
 ``module.`` / ``backbone.`` / ``teacher.backbone.`` style prefixes; the teacher is preferred):
@@ -12,13 +12,17 @@ Layouts recognised (after unwrapping ``state_dict`` / ``teacher`` / ``student`` 
   blocks possibly chunked as ``blocks.<chunk>.<N>.*``. DINOv2 adds position embeddings to CLS and
   patches only and inserts the registers afterwards; we store a position entry for every prefix token,
   so the register entries are zeros, which gives the same tokens.
+* ``beit`` / ``beitv2`` -- Bao et al., 2022 (arXiv:2106.08254) / Peng et al., 2022 (arXiv:2208.06366)
+  pretraining files: ``q_bias`` / ``v_bias``, ``gamma_1`` / ``gamma_2`` and a relative position bias table
+  (shared, or per block when every block holds the same one); mapped by :mod:`sslvit.eval.beit_release`
+  onto our shared ``rel_pos_bias``, with a zero ``pos_embed`` when the file has none. The MIM
+  classifier and BEiT v2's CLS-pretraining branch are dropped.
 * ``sslvit`` -- our own MaskedViT keys: timm's names with ``reg_token``, a ``mask_token (1, 1, D)``
   and / or our shared relative position bias ``rel_pos_bias.table`` (also an ``eval=export`` file of a
   backbone with registers).
 
-Released BEiT / BEiT v2 layouts (per-block or shared ``relative_position_bias_table``, ``gamma_1``,
-``q_bias`` / ``v_bias``) are refused with a clear error: mapping them onto our relative-position option
-is not written yet. SwiGLU blocks (DINOv2 ViT-g) are refused too.
+Per-block BEiT tables that differ between blocks (fine-tuned files) are refused with a clear error, as
+are SwiGLU blocks (DINOv2 ViT-g).
 
 Features match the source model exactly at the checkpoint's native resolution; at other resolutions the
 position embedding is resampled by timm, whose bicubic resampling differs slightly from DINOv2's.
@@ -36,12 +40,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sslvit.eval.beit_release import beit_to_masked_vit, is_beit_layout
+
 _CHUNKED_BLOCK = re.compile(r"^blocks\.(\d+)\.(\d+)\.")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 _WRAPPERS = ("teacher", "state_dict", "model", "student", "module")
-# Released BEiT / BEiT v2 names. Our own shared bias ("rel_pos_bias.table") is not among them: our
-# BEiT checkpoints import like any other of ours.
-_BEIT_MARKERS = ("relative_position_bias_table", "relative_position_index", "gamma_1", "attn.q_bias")
 
 
 @dataclass
@@ -49,11 +52,11 @@ class ImportedBackbone:
     """A backbone state dict in MaskedViT names plus what the weights say about the architecture.
 
     Attributes:
-        layout: detected source layout (``dino``, ``ibot``, ``dinov2`` or ``sslvit``).
+        layout: detected source layout (``dino``, ``ibot``, ``dinov2``, ``beit``, ``beitv2`` or ``sslvit``).
         state: MaskedViT state dict; ``mask_token`` is absent when the source has none.
-        arch: MaskedViT keyword arguments read off the weights (``num_heads`` cannot be: it defaults to
-            ``embed_dim // 64``, the head width of every DINO / iBOT / DINOv2 release; ``img_size`` is
-            None when the position grid is not square).
+        arch: MaskedViT keyword arguments read off the weights (``num_heads`` only from a relative
+            position bias table; otherwise it defaults to ``embed_dim // 64``, the head width of every
+            DINO / iBOT / DINOv2 release; ``img_size`` is None when the position grid is not square).
         prefix: key prefix the backbone was found under in the source.
     """
 
@@ -120,10 +123,9 @@ def _mirrors(flat: dict[str, Tensor], a: str, b: str) -> bool:
 
 def detect_layout(state: dict[str, Tensor]) -> str:
     """Name the layout of a bare backbone state dict (keys relative to the backbone)."""
-    if any(marker in key for key in state for marker in _BEIT_MARKERS):
-        raise ValueError(
-            "BEiT / BEiT v2 layout (relative position bias) is not supported by the importer yet"
-        )
+    # Our own shared bias is named "rel_pos_bias.table", none of BEiT's names: ours import as "sslvit".
+    if is_beit_layout(state):
+        return "beitv2" if any(key.startswith("cls_pt_") for key in state) else "beit"
     if any(".mlp.w12." in key for key in state):
         raise ValueError("SwiGLU feed-forward blocks (DINOv2 ViT-g) are not supported by MaskedViT")
     mask = state.get("mask_token")
@@ -142,6 +144,8 @@ def detect_layout(state: dict[str, Tensor]) -> str:
 
 
 def _to_masked_vit(layout: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    if layout in ("beit", "beitv2"):
+        return beit_to_masked_vit(state)
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         if key.startswith("head.") or key == "head":
@@ -173,6 +177,7 @@ def infer_arch(state: dict[str, Tensor]) -> dict[str, Any]:
     grid = state["pos_embed"].shape[1] - 1 - registers
     side = math.isqrt(grid)
     layerscale = state.get("blocks.0.ls1.gamma")
+    table = state.get("rel_pos_bias.table")  # (rows, heads): the one place the head count is stored
     return {
         # A non-square grid does not tell its sides apart: None, and the caller must give img_size.
         "img_size": side * patch_size if side * side == grid else None,
@@ -180,13 +185,13 @@ def infer_arch(state: dict[str, Tensor]) -> dict[str, Any]:
         "in_chans": in_chans,
         "embed_dim": embed_dim,
         "depth": depth,
-        "num_heads": max(1, embed_dim // 64),
+        "num_heads": max(1, embed_dim // 64) if table is None else table.shape[1],
         "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
         "qkv_bias": "blocks.0.attn.qkv.bias" in state,
         "num_register_tokens": registers,
         # The trained gammas overwrite this value; only "present or not" matters for the build.
         "layerscale_init": None if layerscale is None else 1e-5,
-        **({"rel_pos_bias": True} if "rel_pos_bias.table" in state else {}),
+        **({"rel_pos_bias": True} if table is not None else {}),
     }
 
 

@@ -1,5 +1,6 @@
 from sslvit.methods.base import TeacherStudentModule
 from sslvit.methods.beit import BEiT
+from sslvit.methods.beitv2 import BEiTv2
 from sslvit.methods.dino import DINO
 from sslvit.methods.dinov2 import DINOv2
 from sslvit.methods.dvae import DVAETraining
@@ -11,6 +12,7 @@ __all__ = [
     "DINO",
     "IBOT",
     "BEiT",
+    "BEiTv2",
     "DINOv2",
     "DVAETraining",
     "OptimConfig",

@@ -17,6 +17,49 @@ from sslvit.tokenizers.base import VisualTokenizer
 _EVAL_FEATURES = ("mean_patch", "cls")
 
 
+def check_tokenizer(tokenizer: nn.Module) -> VisualTokenizer:
+    """``tokenizer`` itself, or one clear error if it lacks the :class:`VisualTokenizer` interface."""
+    if not isinstance(tokenizer, VisualTokenizer):
+        raise TypeError(
+            f"{type(tokenizer).__name__} is not a visual tokenizer (needs vocab_size, downsample, "
+            "grid_size and encode)"
+        )
+    return tokenizer
+
+
+def mim_classifier(embed_dim: int, vocab_size: int) -> nn.Linear:
+    """The linear softmax classifier over the tokenizer's vocabulary (truncated-normal 0.02, zero bias)."""
+    head = nn.Linear(embed_dim, vocab_size)
+    trunc_normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def eval_features(backbone: Any, images: torch.Tensor, kind: str) -> torch.Tensor:
+    """(B,D) evaluation features: the final CLS token (``cls``) or the mean patch token (``mean_patch``)."""
+    out = backbone.forward_features(images)
+    if kind == "cls":
+        return out["x_norm_clstoken"]
+    return out["x_norm_patchtokens"].mean(dim=1)
+
+
+@torch.no_grad()
+def tokenizer_target_ids(
+    tokenizer: Any, tokenizer_images: torch.Tensor, patch_grid: tuple[int, int]
+) -> torch.Tensor:
+    """``(B, N)`` tokenizer ids of the tokenizer view, checked against the ViT patch grid."""
+    ids = tokenizer.encode(tokenizer_images)  # (B, h, w)
+    if tuple(ids.shape[1:]) != tuple(patch_grid):
+        size = tuple(tokenizer_images.shape[-2:])
+        raise ValueError(
+            f"the tokenizer turns its {size[0]}x{size[1]} view into a "
+            f"{ids.shape[1]}x{ids.shape[2]} grid, but the ViT patch grid is "
+            f"{patch_grid[0]}x{patch_grid[1]}: set "
+            f"tokenizer.downsample={tokenizer.downsample} (the loader sizes the view from it)"
+        )
+    return ids.flatten(1)
+
+
 class BEiT(TeacherStudentModule):
     """BERT pre-training of image transformers (Bao et al., 2022, arXiv:2106.08254).
 
@@ -50,18 +93,11 @@ class BEiT(TeacherStudentModule):
     ) -> None:
         super().__init__(backbone, optim)
         self.save_hyperparameters(ignore=["backbone", "optim", "tokenizer"])
-        if not isinstance(tokenizer, VisualTokenizer):
-            raise TypeError(
-                f"{type(tokenizer).__name__} is not a visual tokenizer (needs vocab_size, downsample, "
-                "grid_size and encode)"
-            )
+        visual_tokenizer = check_tokenizer(tokenizer)
         if eval_features not in _EVAL_FEATURES:
             raise ValueError(f"eval_features must be one of {_EVAL_FEATURES}, got {eval_features!r}")
-        self.vocab_size = int(tokenizer.vocab_size)
-        head = nn.Linear(self.embed_dim, self.vocab_size)
-        trunc_normal_(head.weight, std=0.02)
-        nn.init.zeros_(head.bias)
-        self.student["head"] = head
+        self.vocab_size = int(visual_tokenizer.vocab_size)
+        self.student["head"] = mim_classifier(self.embed_dim, self.vocab_size)
         self.set_frozen_teacher(tokenizer=tokenizer)
         self.mim_loss = MIMCrossEntropy()
         self.eval_features = eval_features
@@ -73,24 +109,11 @@ class BEiT(TeacherStudentModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B,C,H,W) normalised images -> (B,D) evaluation features of the (only) backbone."""
-        out = self.student["backbone"].forward_features(images)  # type: ignore[operator]
-        if self.eval_features == "cls":
-            return out["x_norm_clstoken"]
-        return out["x_norm_patchtokens"].mean(dim=1)
+        return eval_features(self.student["backbone"], images, self.eval_features)
 
-    @torch.no_grad()
     def target_ids(self, tokenizer_images: torch.Tensor, patch_grid: tuple[int, int]) -> torch.Tensor:
         """``(B, N)`` tokenizer ids of the tokenizer view, checked against the ViT patch grid."""
-        ids = self.tokenizer.encode(tokenizer_images)  # (B, h, w)
-        if tuple(ids.shape[1:]) != tuple(patch_grid):
-            size = tuple(tokenizer_images.shape[-2:])
-            raise ValueError(
-                f"the tokenizer turns its {size[0]}x{size[1]} view into a "
-                f"{ids.shape[1]}x{ids.shape[2]} grid, but the ViT patch grid is "
-                f"{patch_grid[0]}x{patch_grid[1]}: set "
-                f"tokenizer.downsample={self.tokenizer.downsample} (the loader sizes the view from it)"
-            )
-        return ids.flatten(1)
+        return tokenizer_target_ids(self.tokenizer, tokenizer_images, patch_grid)
 
     def training_step(self, batch: MaskedImageBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         if batch.masks is None or batch.tokenizer_images is None:

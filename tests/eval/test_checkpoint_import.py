@@ -19,6 +19,7 @@ from timm.models.vision_transformer import VisionTransformer
 from toys import TINY, compose_train_cfg
 
 from sslvit.backbones import MaskedViT
+from sslvit.backbones.rel_pos_bias import relative_position_index
 from sslvit.eval.checkpoint_import import import_backbone_state, load_any_checkpoint
 from sslvit.evaluate import load_backbone
 from sslvit.train import init_backbones
@@ -197,15 +198,175 @@ def test_init_from_a_dino_release_sets_student_and_teacher(tmp_path):
             assert max_diff(network["backbone"].eval()(x), release(x)) < 1e-5
 
 
-def test_beit_layout_is_refused_by_name():
-    state = {
-        **random_timm_vit(4).state_dict(),
-        "blocks.0.attn.relative_position_bias_table": torch.zeros(9, 2),
-    }
-    with pytest.raises(ValueError, match="BEiT"):
-        import_backbone_state(state)
+def test_unknown_file_is_refused_by_name():
     with pytest.raises(ValueError, match="cls_token"):
         import_backbone_state({"state_dict": {"encoder.weight": torch.zeros(2)}})
+
+
+def beit_index(side: int) -> torch.Tensor:
+    """BEiT's relative_position_index, written from the paper's description (CLS rows last)."""
+    ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    rows = (2 * side - 1) ** 2
+    index = torch.empty(1 + side * side, 1 + side * side, dtype=torch.int64)
+    index[1:, 1:] = (
+        (ys[:, None] - ys[None, :] + side - 1) * (2 * side - 1) + xs[:, None] - xs[None, :] + side - 1
+    )
+    index[0, :], index[:, 0], index[0, 0] = rows, rows + 1, rows + 2
+    return index
+
+
+def beit_state(
+    d: int = 32, depth: int = 2, heads: int = 2, side: int = 4, shared: bool = True, abs_pos: bool = False,
+    v2: bool = False, seed: int = 9,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """A BEiT-named pretraining state dict with random values everywhere (q/v biases, gammas, table)."""
+    g = torch.Generator().manual_seed(seed)
+    hidden, rows = 4 * d, (2 * side - 1) ** 2 + 3
+
+    def rnd(*shape, mean=0.0):
+        return torch.randn(*shape, generator=g) * 0.2 + mean
+
+    state = {
+        "cls_token": rnd(1, 1, d), "mask_token": rnd(1, 1, d), "patch_embed.proj.weight": rnd(d, 3, 4, 4),
+        "patch_embed.proj.bias": rnd(d), "norm.weight": rnd(d, mean=1.0), "norm.bias": rnd(d),
+        "lm_head.weight": rnd(64, d), "lm_head.bias": rnd(64),
+    }  # fmt: skip
+    if abs_pos:
+        state["pos_embed"] = rnd(1, 1 + side * side, d)
+    table = torch.randn(rows, heads, generator=g)  # std 1: a bias that clearly changes the output
+    if shared:
+        state["rel_pos_bias.relative_position_bias_table"] = table
+        state["rel_pos_bias.relative_position_index"] = beit_index(side)
+    for i in range(depth):
+        for name, shape in {
+            "norm1.weight": (d,), "norm1.bias": (d,), "attn.qkv.weight": (3 * d, d), "attn.q_bias": (d,),
+            "attn.v_bias": (d,), "attn.proj.weight": (d, d), "attn.proj.bias": (d,), "gamma_1": (d,),
+            "norm2.weight": (d,), "norm2.bias": (d,), "mlp.fc1.weight": (hidden, d),
+            "mlp.fc1.bias": (hidden,), "mlp.fc2.weight": (d, hidden), "mlp.fc2.bias": (d,), "gamma_2": (d,),
+        }.items():  # fmt: skip
+            state[f"blocks.{i}.{name}"] = rnd(*shape, mean=1.0 if name.startswith("norm") else 0.0)
+        if not shared:
+            state[f"blocks.{i}.attn.relative_position_bias_table"] = table.clone()
+            state[f"blocks.{i}.attn.relative_position_index"] = beit_index(side)
+    if v2:  # the CLS-pretraining branch: extra blocks on top, not part of the backbone
+        state["cls_pt_layers.0.attn.qkv.weight"] = rnd(3 * d, d)
+        state["cls_pt_layers.0.gamma_1"] = rnd(d)
+        state["cls_pt_norm.weight"] = rnd(d)
+    return state
+
+
+def beit_reference(state: dict[str, torch.Tensor], x: torch.Tensor, heads: int = 2) -> torch.Tensor:
+    """BEiT's forward from its own weight names: returns the normalised CLS token."""
+    weight = state["patch_embed.proj.weight"]
+    tokens = F.conv2d(x, weight, state["patch_embed.proj.bias"], stride=weight.shape[-1])
+    tokens = tokens.flatten(2).transpose(1, 2)
+    b, _, d = tokens.shape
+    tokens = torch.cat([state["cls_token"].expand(b, -1, -1), tokens], dim=1)
+    if "pos_embed" in state:
+        tokens = tokens + state["pos_embed"]
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    for i in range(depth):
+        p = {k.removeprefix(f"blocks.{i}."): v for k, v in state.items() if k.startswith(f"blocks.{i}.")}
+        table = state.get(
+            "rel_pos_bias.relative_position_bias_table", p.get("attn.relative_position_bias_table")
+        )
+        index = state.get("rel_pos_bias.relative_position_index", p.get("attn.relative_position_index"))
+        bias = table[index].permute(2, 0, 1)  # (heads, T, T)
+        y = F.layer_norm(tokens, (d,), p["norm1.weight"], p["norm1.bias"], eps=1e-6)
+        qkv_bias = torch.cat([p["attn.q_bias"], torch.zeros_like(p["attn.q_bias"]), p["attn.v_bias"]])
+        qkv = F.linear(y, p["attn.qkv.weight"], qkv_bias).view(b, -1, 3, heads, d // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = ((q * (d // heads) ** -0.5) @ k.transpose(-2, -1) + bias).softmax(-1)
+        y = (attn @ v).transpose(1, 2).reshape(b, -1, d)
+        tokens = tokens + p["gamma_1"] * F.linear(y, p["attn.proj.weight"], p["attn.proj.bias"])
+        y = F.layer_norm(tokens, (d,), p["norm2.weight"], p["norm2.bias"], eps=1e-6)
+        y = F.linear(F.gelu(F.linear(y, p["mlp.fc1.weight"], p["mlp.fc1.bias"])), p["mlp.fc2.weight"])
+        tokens = tokens + p["gamma_2"] * (y + p["mlp.fc2.bias"])
+    return F.layer_norm(tokens, (d,), state["norm.weight"], state["norm.bias"], eps=1e-6)[:, 0]
+
+
+def test_our_relative_index_is_beits():
+    # Same convention, so a released table maps row for row.
+    assert torch.equal(relative_position_index((4, 4), (4, 4), num_prefix=1), beit_index(4))
+
+
+@pytest.mark.parametrize(
+    ("shared", "abs_pos", "v2"), [(True, False, False), (False, True, False), (True, True, True)]
+)
+def test_beit_release_matches_its_forward(shared, abs_pos, v2):
+    state = beit_state(shared=shared, abs_pos=abs_pos, v2=v2)
+    imported = import_backbone_state({"model": state})
+    assert imported.layout == ("beitv2" if v2 else "beit")
+    assert imported.arch["rel_pos_bias"] is True and imported.arch["num_heads"] == 2
+    assert imported.arch["img_size"] == 16 and imported.arch["qkv_bias"] is True
+    assert not any(k.startswith(("lm_head", "cls_pt_")) for k in imported.state)
+    # The k bias is zero; q and v keep the file's values.
+    torch.testing.assert_close(imported.state["blocks.0.attn.qkv.bias"][32:64], torch.zeros(32))
+    if not abs_pos:
+        assert imported.state["pos_embed"].abs().sum() == 0
+    backbone = MaskedViT(**imported.arch).eval()
+    backbone.load_state_dict(imported.state, strict=True)
+    assert torch.equal(backbone.mask_token, state["mask_token"])
+    x = images()
+    with torch.no_grad():
+        assert max_diff(backbone(x), beit_reference(state, x)) < 1e-5
+
+
+def test_beit_table_in_another_row_order_is_reordered():
+    state = beit_state()
+    perm = torch.randperm(52, generator=torch.Generator().manual_seed(0))  # 7 * 7 + 3 rows
+    # The same model, its table rows stored in another order and its index pointing there.
+    state["rel_pos_bias.relative_position_bias_table"] = state["rel_pos_bias.relative_position_bias_table"][
+        perm
+    ]
+    state["rel_pos_bias.relative_position_index"] = torch.argsort(perm)[beit_index(4)]
+    imported = import_backbone_state(state)
+    backbone = MaskedViT(**imported.arch).eval()
+    backbone.load_state_dict(imported.state, strict=True)
+    x = images()
+    with torch.no_grad():
+        assert max_diff(backbone(x), beit_reference(state, x)) < 1e-5
+
+
+def test_beit_files_that_cannot_be_mapped_are_refused_by_name():
+    state = beit_state(shared=False)
+    state["blocks.1.attn.relative_position_bias_table"] = (
+        state["blocks.1.attn.relative_position_bias_table"] + 1
+    )
+    with pytest.raises(ValueError, match="different relative position bias table per block"):
+        import_backbone_state(state)
+    state = beit_state()
+    # Patch 0 -> patch 1 reads the zero-offset row; other pairs one column apart do not: not relative.
+    state["rel_pos_bias.relative_position_index"][1, 2] = beit_index(4)[1, 1]
+    with pytest.raises(ValueError, match="relabelling"):
+        import_backbone_state(state)
+    state = beit_state()
+    del state["norm.weight"], state["norm.bias"]
+    with pytest.raises(ValueError, match="final 'norm'"):
+        import_backbone_state(state)
+
+
+def test_init_from_a_beit_v2_release(tmp_path):
+    overrides = [
+        *TINY,
+        "trainer.fast_dev_run=true",
+        "backbone.rel_pos_bias=true",
+        "backbone.layerscale_init=0.1",
+    ]
+    cfg = compose_train_cfg(tmp_path, overrides)
+    model = instantiate(cfg.method, backbone=instantiate(cfg.backbone))
+    own = model.student["backbone"]
+    side = own.patch_embed.grid_size[0]
+    state = beit_state(d=own.embed_dim, depth=len(own.blocks), side=side, v2=True)
+    state["patch_embed.proj.weight"] = torch.randn(own.embed_dim, 3, own.patch_size, own.patch_size) * 0.2
+    path = tmp_path / "beitv2_pretrain.pth"
+    torch.save({"model": state}, path)
+    init_backbones(model, str(path))
+    x = torch.randn(2, 3, *own.patch_embed.img_size)
+    with torch.no_grad():
+        for network in (model.student, model.teacher):
+            assert max_diff(network["backbone"].eval()(x), beit_reference(state, x)) < 1e-5
 
 
 def test_our_checkpoints_pick_the_ema_teacher_else_the_student():
