@@ -4,11 +4,15 @@ from sslvit.tokenizers.base import VisualTokenizer, token_grid
 from sslvit.tokenizers.dalle import DALLEStyleEncoder, DALLETokenizer
 from sslvit.tokenizers.dvae import DVAE, code_statistics, kl_to_uniform, usage_and_perplexity
 from sslvit.tokenizers.io import load_tokenizer, save_tokenizer
+from sslvit.tokenizers.norm_ema_quantizer import NormEMAQuantizer
+from sslvit.tokenizers.vqkd import VQKD
 
 __all__ = [
     "DVAE",
+    "VQKD",
     "DALLEStyleEncoder",
     "DALLETokenizer",
+    "NormEMAQuantizer",
     "VisualTokenizer",
     "code_statistics",
     "kl_to_uniform",

@@ -32,8 +32,9 @@ def kmeans_plus_plus(pool: Tensor, num_clusters: int, seed: int) -> Tensor:
     well-separated clusters each get a centre (uniform draws leave a cluster out with high odds).
 
     The draws use a generator on the pool's device seeded with ``seed``: the same pool and seed give
-    the same centres on every process. K sequential draws without host synchronisation (about a second
-    for 8192 centres on a GPU). Once every distinct point is a centre, further draws are uniform.
+    the same centres on every process. K sequential draws without host synchronisation (measured on one
+    CPU thread: ~1.4 ms per draw from 2048 points). Once every point is a centre, further draws are
+    uniform.
     """
     generator = torch.Generator(device=pool.device).manual_seed(seed)
     pool = pool.detach().float()
