@@ -42,12 +42,7 @@ def collate_multicrop(
         RuntimeError: every sample of the batch was unreadable (nothing to train on; see the warnings).
         ValueError: ``mask_fn`` without ``patch_size``, or masks of the wrong shape.
     """
-    kept = [s for s in samples if s is not None]
-    if not kept:
-        raise RuntimeError(
-            f"all {len(samples)} samples of a batch were unreadable; see the 'skipping unreadable "
-            "image' warnings for their paths"
-        )
+    kept = readable(samples)
     num_global, num_local = len(kept[0][0][0]), len(kept[0][0][1])
     global_crops = [torch.stack([s[0][0][v] for s in kept]) for v in range(num_global)]
     local_crops = [torch.stack([s[0][1][v] for s in kept]) for v in range(num_local)]
@@ -62,6 +57,17 @@ def collate_multicrop(
         masks=masks,
         num_skipped=len(samples) - len(kept),
     )
+
+
+def readable(samples: Sequence[Any]) -> list[Any]:
+    """The samples that could be read (not None); fails when none of the batch could be."""
+    kept = [s for s in samples if s is not None]
+    if not kept:
+        raise RuntimeError(
+            f"all {len(samples)} samples of a batch were unreadable; see the 'skipping unreadable "
+            "image' warnings for their paths"
+        )
+    return kept
 
 
 def draw_masks(
@@ -96,12 +102,7 @@ def collate_views(
         RuntimeError: every sample of the batch was unreadable.
         ValueError: ``mask_fn`` without ``patch_size``, or masks of the wrong shape.
     """
-    kept = [s for s in samples if s is not None]
-    if not kept:
-        raise RuntimeError(
-            f"all {len(samples)} samples of a batch were unreadable; see the 'skipping unreadable "
-            "image' warnings for their paths"
-        )
+    kept = readable(samples)
     images = torch.stack([s[0][0] for s in kept])
     tokenizer_views = [s[0][1] for s in kept]
     tokenizer_images = None if tokenizer_views[0] is None else torch.stack(tokenizer_views)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from sslvit.methods.optim_config import OptimConfig
+from sslvit.methods.optim_config import OptimConfig, apply_lr_wd
 from sslvit.utils.fsdp import unwrapped_name
 from sslvit.utils.param_groups import param_groups
 from sslvit.utils.schedules import cosine_schedule, linear_warmup
@@ -163,10 +163,7 @@ class TeacherStudentModule(L.LightningModule):
             layer_decay=self.optim.layer_decay,
             patch_embed_lr_mult=self.optim.patch_embed_lr_mult,
         )
-        fused = self.optim.fused and torch.cuda.is_available()
-        betas = tuple(self.optim.betas)
-        # lr / weight_decay are overwritten before every step by the schedules.
-        return torch.optim.AdamW(groups, lr=0.0, betas=(betas[0], betas[1]), fused=fused or None)
+        return self.optim.adamw(groups)
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
         """Parameters frozen for the first ``freeze_last_layer_epochs``; leaves list their prototypes."""
@@ -192,9 +189,7 @@ class TeacherStudentModule(L.LightningModule):
     def apply_schedules(self, optimizer: torch.optim.Optimizer, step: int) -> dict[str, float]:
         """Write the lr / weight decay of optimizer step ``step`` into every group; return all values."""
         values = self.schedule_values(step)
-        for group in optimizer.param_groups:
-            group["lr"] = values["lr"] * group["lr_scale"]
-            group["weight_decay"] = values["wd"] if group["apply_wd"] else 0.0
+        apply_lr_wd(optimizer, values["lr"], values["wd"])
         return values
 
     def after_optimizer_step(self, values: dict[str, float]) -> None:

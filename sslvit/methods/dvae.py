@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from sslvit.data.batch import MaskedImageBatch
-from sslvit.methods.optim_config import OptimConfig
+from sslvit.methods.optim_config import OptimConfig, apply_lr_wd
 from sslvit.tokenizers.dvae import DVAE, kl_to_uniform, usage_and_perplexity
 from sslvit.tokenizers.io import TOKENIZER_KEY, save_tokenizer, tokenizer_record
 from sslvit.utils.distributed import all_reduce_sum
@@ -145,18 +145,13 @@ class DVAETraining(L.LightningModule):
     # --------------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = param_groups(self.tokenizer.named_parameters(), no_weight_decay=lambda _, p: p.ndim <= 1)
-        betas = tuple(self.optim.betas)
-        fused = self.optim.fused and torch.cuda.is_available()
-        # lr / weight_decay are overwritten before every step by the schedules.
-        return torch.optim.AdamW(groups, lr=0.0, betas=(betas[0], betas[1]), fused=fused or None)
+        return self.optim.adamw(groups)
 
     def optimizer_step(
         self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
     ) -> None:
         values = self.schedule_values(self.trainer.global_step)
-        for group in optimizer.param_groups:
-            group["lr"] = values["lr"] * group["lr_scale"]
-            group["weight_decay"] = values["wd"] if group["apply_wd"] else 0.0
+        apply_lr_wd(optimizer, values["lr"], values["wd"])
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
 
     def configure_gradient_clipping(

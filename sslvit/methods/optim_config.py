@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 
 @dataclass
@@ -53,3 +56,15 @@ class OptimConfig:
         if self.lr_scaling == "sqrt":
             return self.base_lr * ratio**0.5
         return self.base_lr
+
+    def adamw(self, groups: list[dict[str, Any]]) -> torch.optim.AdamW:
+        """AdamW over ``param_groups`` output; lr / weight decay are written before every step."""
+        fused = self.fused and torch.cuda.is_available()
+        return torch.optim.AdamW(groups, lr=0.0, betas=(self.betas[0], self.betas[1]), fused=fused or None)
+
+
+def apply_lr_wd(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    """Write one step's lr (times each group's ``lr_scale``) and weight decay (where ``apply_wd``)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+        group["weight_decay"] = weight_decay if group["apply_wd"] else 0.0
