@@ -136,7 +136,8 @@ def run_one(spec: RunSpec, device: torch.device, seed: int = 0, flops_only: bool
 
 def suite_specs(name: str, template: RunSpec) -> list[RunSpec]:
     """``table``: DINO, iBOT, DINOv2 x ViT-S, ViT-B, baseline and optimised (12 rows);
-    ``switches``: DINOv2 ViT-S from the baseline with one switch changed per row (+ DINO's grouping)."""
+    ``switches``: DINOv2 ViT-S from the baseline with one switch changed per row (+ DINO's grouping, and
+    DINOv2 ViT-B with drop path 0.3 computed on every sample or on the kept ones only)."""
     specs: list[RunSpec] = []
     patch = template.patch
     if name in ("table", "all"):
@@ -172,6 +173,17 @@ def suite_specs(name: str, template: RunSpec) -> list[RunSpec]:
                 base, method="dino", label=f"dino ViT-S/{patch} crops not grouped", group_crops=False
             ),
         ]
+        # Stochastic depth 0.3 on ViT-B (the reference's drop-path row): dropped samples skipped or masked.
+        drop = [*template.overrides, "backbone.drop_path_rate=0.3"]
+        for subset, how in ((False, "masked (timm DropPath)"), (True, "skipped")):
+            specs.append(
+                dataclasses.replace(
+                    base,
+                    arch="vit_base",
+                    label=f"dinov2 ViT-B/{patch} drop path 0.3, {how}",
+                    overrides=[*drop, f"backbone.drop_path_subset={str(subset).lower()}"],
+                )
+            )
     if not specs:
         raise ValueError(f"--suite must be table, switches or all, got {name!r}")
     unique: dict[tuple, RunSpec] = {}  # `all` would time the DINOv2 / DINO ViT-S baselines twice

@@ -27,6 +27,11 @@ class DINOHead(nn.Module):
         bottleneck_dim: embedding size before the prototypes (256).
         nlayers: MLP depth (3); 1 means a single linear layer to the bottleneck.
         norm_last_layer: fix the prototype norm to 1 instead of learning a gain per prototype.
+        use_bn: batch normalisation after each hidden linear layer (the official DINO code's
+            ``use_bn_in_head``, off for ViTs there). It standardises the head's inputs over the batch, so the
+            part of the features shared by every image (large in a freshly initialised ViT) no longer drowns
+            the per-image differences that the teacher's targets are made of. Batch statistics are used in
+            training *and* evaluation mode, as the official teacher (never put in eval mode) does.
     """
 
     def __init__(
@@ -37,6 +42,7 @@ class DINOHead(nn.Module):
         bottleneck_dim: int = 256,
         nlayers: int = 3,
         norm_last_layer: bool = True,
+        use_bn: bool = False,
     ) -> None:
         super().__init__()
         if nlayers < 1:
@@ -46,6 +52,8 @@ class DINOHead(nn.Module):
         for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
             layers.append(nn.Linear(d_in, d_out))
             if i < len(dims) - 2:
+                if use_bn:
+                    layers.append(nn.BatchNorm1d(d_out, track_running_stats=False))
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         self.prototypes = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
@@ -67,7 +75,9 @@ class DINOHead(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_dim) -> l2-normalised (..., bottleneck_dim) embedding."""
-        return F.normalize(self.mlp(x), dim=-1)
+        # BatchNorm1d wants (N, C): flatten any leading dims (patch heads see (B, N, D)).
+        flat = x.reshape(-1, x.shape[-1])
+        return F.normalize(self.mlp(flat), dim=-1).reshape(*x.shape[:-1], -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_dim) features -> (..., out_dim) logits."""

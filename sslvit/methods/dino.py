@@ -25,6 +25,7 @@ class DINO(TeacherStudentModule):
         optim: optimiser and schedules.
         out_dim: number of prototypes K (65536).
         hidden_dim / bottleneck_dim / head_layers / norm_last_layer: DINOHead shape (2048 / 256 / 3 / True).
+        use_bn_in_head: batch norm in the head's MLP (False for ViTs in the paper).
         student_temp: student temperature (0.1).
         teacher_temp: teacher temperature after warm-up (0.04-0.07; paper default 0.04 for ViT-S, 0.07 max).
         warmup_teacher_temp: teacher temperature at step 0 (0.04).
@@ -42,6 +43,7 @@ class DINO(TeacherStudentModule):
         bottleneck_dim: int = 256,
         head_layers: int = 3,
         norm_last_layer: bool = True,
+        use_bn_in_head: bool = False,
         student_temp: float = 0.1,
         teacher_temp: float = 0.07,
         warmup_teacher_temp: float = 0.04,
@@ -53,7 +55,7 @@ class DINO(TeacherStudentModule):
         super().__init__(backbone, optim, momentum_teacher, momentum_teacher_end)
         self.save_hyperparameters(ignore=["backbone", "optim"])
         self.student["head"] = DINOHead(
-            self.embed_dim, out_dim, hidden_dim, bottleneck_dim, head_layers, norm_last_layer
+            self.embed_dim, out_dim, hidden_dim, bottleneck_dim, head_layers, norm_last_layer, use_bn_in_head
         )
         self.build_teacher()
         self.centering = Centering(out_dim, center_momentum)

@@ -83,3 +83,14 @@ def test_compiled_step_gives_the_eager_loss(tmp_path: Path) -> None:
     assert compiled["compile"] and not eager["compile"]
     assert compiled["loss_first"] == pytest.approx(eager["loss_first"], rel=1e-4)
     assert compiled["loss_last"] == pytest.approx(eager["loss_last"], rel=1e-3)
+
+
+def test_subset_drop_path_executes_fewer_flops() -> None:
+    images = torch.randn(8, 3, 32, 32)
+    counted = {}
+    for subset in (False, True):
+        vit = small_vit(drop_path_rate=0.5, drop_path_subset=subset).train()
+        counted[subset] = count_flops(vit, lambda vit=vit: vit(images).sum().backward())
+    # Block 0 has rate 0 and block 1 has 0.5: its branches run on 4 of the 8 samples.
+    assert counted[True] < counted[False]
+    assert counted[True] > 0.6 * counted[False]

@@ -1,0 +1,52 @@
+"""Stochastic depth that skips the dropped samples' compute instead of multiplying it by zero."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import Tensor
+
+
+def subset_residual(x: Tensor, branch: Callable[[Tensor], Tensor], drop_prob: float) -> Tensor:
+    """``x + branch(x)`` with the branch computed on a random ``(1 - drop_prob)`` share of the batch only.
+
+    Stochastic depth (Huang et al., 2016) as timm's ``DropPath`` does it computes the residual branch for
+    every sample and zeroes a random ``drop_prob`` of them, so the dropped samples cost as much as the
+    kept ones. Here the branch runs on ``round(B * (1 - drop_prob))`` randomly chosen samples (at least
+    one) and is scattered back with ``index_add``, scaled by ``B / kept`` so that the
+    expectation over the draw is ``x + branch(x)``, as with ``DropPath``'s ``1 / (1 - p)`` (the scheme of
+    DINOv2's ``drop_add_residual_stochastic_depth``). The number kept is fixed rather than binomial, which
+    keeps shapes static for ``torch.compile``. A batch of one keeps its sample.
+    """
+    batch = x.shape[0]
+    kept = max(1, round(batch * (1.0 - drop_prob)))
+    index = torch.randperm(batch, device=x.device)[:kept]
+    residual = branch(x[index])
+    return torch.index_add(x, 0, index, residual.to(x.dtype), alpha=batch / kept)
+
+
+class SubsetDropPathBlock(Block):
+    """timm's pre-norm ViT block whose stochastic depth skips the dropped samples (``subset_residual``).
+
+    The parameters and state dict are exactly timm's ``Block``; outside training, or with a drop
+    probability of 0, the forward pass is timm's own.
+    """
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        drop_prob = float(getattr(self.drop_path1, "drop_prob", 0.0))
+        if not self.training or drop_prob <= 0.0:
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[0] != 1:
+            # A per-sample mask would have to be gathered with the kept samples; nothing here uses one.
+            raise ValueError(f"per-sample attention masks are not supported, got {tuple(attn_mask.shape)}")
+
+        def attention(y: Tensor) -> Tensor:
+            return self.ls1(self.attn(self.norm1(y), attn_mask=attn_mask, is_causal=is_causal))
+
+        def mlp(y: Tensor) -> Tensor:
+            return self.ls2(self.mlp(self.norm2(y)))
+
+        x = subset_residual(x, attention, drop_prob)
+        return subset_residual(x, mlp, drop_prob)
