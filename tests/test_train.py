@@ -103,6 +103,9 @@ def test_paper_recipes_compose_and_replace_the_cpu_budget(experiment):
         assert cfg.method.out_dim in (8192, 65536)
     assert cfg.data.transform.global_crop_size == 224
     assert cfg.data.transform.global_crop_size % cfg.backbone.patch_size == 0
+    if "num_local_crops" in cfg.data.transform and cfg.method._target_ != "sslvit.methods.BEiT":
+        assert cfg.data.transform.num_local_crops >= 8  # multi-crop, not the CPU budget's 2 globals
+    assert not cfg.method.get("use_bn_in_head", False)  # the CPU budget's DINO head, not the paper's
 
 
 @pytest.mark.parametrize("method", ["ibot", "dinov2"])
@@ -112,3 +115,15 @@ def test_small_cpu_recipes_compose(method):
     assert cfg.method._target_.lower().endswith(method)
     assert cfg.backbone.embed_dim == 192 and cfg.backbone.patch_size == 7
     assert cfg.trainer.limit_train_batches == 200 and cfg.data.masking is not None
+
+
+def test_default_job_is_dino_on_the_cpu_budget():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config")
+        other = compose(config_name="config", overrides=["method=dinov2"])
+    assert cfg.method._target_ == "sslvit.methods.DINO"
+    # conf/budget/cpu_10min/dino.yaml on top of cpu_10min.yaml: 3 x 200 steps, global crops only, head BN
+    assert cfg.trainer.max_epochs * cfg.trainer.limit_train_batches == 600
+    assert cfg.data.transform.num_local_crops == 0 and cfg.method.use_bn_in_head
+    # the DINO-only values do not leak into another method's budget
+    assert other.trainer.max_epochs == 2 and other.data.transform.num_local_crops == 4
