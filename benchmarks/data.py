@@ -2,6 +2,8 @@
 
     python -m benchmarks.data --folder /path/to/jpegs --workers 1,2,4,8 --batches 20
     python -m benchmarks.data --synthetic 512 --workers 1,2 --batches 10     # writes random JPEGs first
+    python -m benchmarks.data --folder ... --photometric-on-device   # workers crop + flip only; times the
+                                                                      # on-device photometric stage too
 
 The loader is the project's own (``SSLDataModule.train_dataloader`` composed from conf/ with
 ``data=folder``), so decode, crops, colour augmentations, blur, solarisation, masks and collate all count.
@@ -11,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
@@ -55,6 +59,7 @@ def build_datamodule(args: argparse.Namespace, folder: Path) -> Any:
         f"data.transform.num_local_crops={args.num_local}",
         "data.persistent_workers=false",
         "data.pin_memory=false",
+        f"data.transform.photometric_on_device={str(args.photometric_on_device).lower()}",
     ]
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -86,6 +91,26 @@ def time_loader(datamodule: Any, workers: int, batches: int) -> dict[str, float]
     }
 
 
+def time_device_stage(datamodule: Any, repeats: int = 10) -> dict[str, Any]:
+    """Median ms of the on-device photometric stage for one batch (CUDA if present, else CPU)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    datamodule.num_workers = 0
+    batch = next(iter(datamodule.train_dataloader()))
+    globals_, locals_ = ([x.to(device) for x in crops] for crops in (batch.global_crops, batch.local_crops))
+    stage = datamodule.transform.device_stage
+    times = []
+    for _ in range(repeats + 2):  # two warm-up calls
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        stage(globals_, locals_)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    ms = statistics.median(times[2:])
+    return {"device": device.type, "ms_per_batch": ms, "img_per_s": batch.batch_size / (ms / 1e3)}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.data", description=__doc__.splitlines()[0])
     p.add_argument("--folder", type=Path, default=None, help="JPEG folder (any layout, no labels needed)")
@@ -99,6 +124,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--local-size", type=int, default=98)
     p.add_argument("--num-local", type=int, default=8)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--photometric-on-device",
+        action="store_true",
+        help="workers crop and flip only (data.transform.photometric_on_device); times the device stage",
+    )
     return p.parse_args(argv)
 
 
@@ -116,18 +146,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             write_synthetic_jpegs(folder, args.synthetic)
         datamodule = build_datamodule(args, folder)
         rows = [time_loader(datamodule, w, args.batches) for w in workers]
+        device_stage = time_device_stage(datamodule) if args.photometric_on_device else None
     report = {
         "folder": str(args.folder) if args.folder else f"{args.synthetic} synthetic JPEGs",
         "images_in_folder": len(datamodule.train_set),
         "batch": args.batch,
         "method": args.method,
         "crops": f"2x{args.global_size} + {args.num_local}x{args.local_size}",
+        "photometric_on_device": args.photometric_on_device,
         "rows": rows,
+        "device_stage": device_stage,
     }
     print(f"{report['folder']}: batch {args.batch}, {report['crops']}, masks of {args.method}")
     print("| workers | first batch s | img/s |\n|---|---|---|")
     for r in rows:
         print(f"| {r['workers']} | {r['first_batch_s']:.2f} | {r['img_per_s']:.1f} |")
+    if device_stage is not None:
+        print(
+            f"photometric stage on {device_stage['device']}: {device_stage['ms_per_batch']:.1f} ms per batch "
+            f"({device_stage['img_per_s']:.0f} img/s)"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -127,3 +127,10 @@ def test_default_job_is_dino_on_the_cpu_budget():
     assert cfg.data.transform.num_local_crops == 0 and cfg.method.use_bn_in_head
     # the DINO-only values do not leak into another method's budget
     assert other.trainer.max_epochs == 2 and other.data.transform.num_local_crops == 4
+
+
+def test_photometric_ops_on_the_device_train_end_to_end(tmp_path):
+    overrides = [*TINY, "trainer.fast_dev_run=true", "data.transform.photometric_on_device=true"]
+    summary = train(compose_train_cfg(tmp_path, overrides))
+    loss = summary["metrics"]["train/dino_loss"]
+    assert loss == loss and loss > 0  # finite: the uint8 crops were finished (normalised) on the device

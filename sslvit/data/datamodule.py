@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from sslvit.data.batch import MultiCropBatch
 from sslvit.data.collate import MaskFn, collate_eval, collate_multicrop
 from sslvit.data.resumable import ResumableDataLoader, ResumableSampler, SeededCollate, SeededSamples
 from sslvit.data.transformed import ImageDataset, IndexedEvalDataset, TransformedDataset
@@ -151,6 +152,19 @@ class SSLDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(seed),  # worker seeds without touching torch's RNG
             position_fn=self._train_position,
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Finish multi-crop batches on the device when the transform left the photometric ops there."""
+        stage = getattr(self.transform, "device_stage", None)
+        if stage is None or not isinstance(batch, MultiCropBatch):
+            return batch
+        # Seeded by (global seed, epoch, batch of the epoch, rank): a resumed run redraws the same jitter.
+        epoch, index = self._train_position()
+        seed = hash((int(os.environ.get("PL_GLOBAL_SEED", 0)), epoch, index, rank())) % 2**62
+        device = batch.global_crops[0].device
+        generator = torch.Generator(device=device).manual_seed(seed)
+        batch.global_crops, batch.local_crops = stage(batch.global_crops, batch.local_crops, generator)
+        return batch
 
     def _train_position(self) -> tuple[int, int]:
         """(epoch, batches of it already trained on) of the fit loop; the next epoch at its end."""

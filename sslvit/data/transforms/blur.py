@@ -59,3 +59,8 @@ def blur_pil(image: Image.Image, kernel_size: int, sigma: float) -> Image.Image:
     for i in range(1, kernel_size):
         out += weights[i] * rows[i : i + height]
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+
+
+def blur_kernel_size(crop_size: int) -> int:
+    """Odd Gaussian-blur kernel of about 10% of the crop side (at least 3): 224 -> 23, 96 -> 11, 28 -> 3."""
+    return max(3, round(0.1 * crop_size) | 1)

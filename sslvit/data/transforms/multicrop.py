@@ -8,15 +8,11 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from sslvit.data.transforms.blur import GaussianBlur
+from sslvit.data.transforms.blur import GaussianBlur, blur_kernel_size
+from sslvit.data.transforms.device_photometric import DeviceMultiCrop, recipes_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def blur_kernel_size(crop_size: int) -> int:
-    """Odd Gaussian-blur kernel of about 10% of the crop side (at least 3): 224 -> 23, 96 -> 11, 28 -> 3."""
-    return max(3, round(0.1 * crop_size) | 1)
 
 
 class MultiCropTransform:
@@ -47,9 +43,14 @@ class MultiCropTransform:
         blur_sigma: Gaussian sigma range in pixels.
         num_global_crops: number of global crops (2 in the paper; view 1 gets the first recipe, the
             others the second).
+        photometric_on_device: the workers only crop and flip and return uint8 crops; the colour jitter,
+            grayscale, blur, solarisation and normalisation run per batch on the training device
+            (:class:`~sslvit.data.transforms.device_photometric.DevicePhotometric`, applied by the
+            DataModule after the batch is moved there). For GPUs whose loader cannot keep up.
 
     Returns (from ``__call__``):
-        ``(global_crops, local_crops)``: lists of normalised float tensors (3, H, W).
+        ``(global_crops, local_crops)``: lists of normalised float tensors (3, H, W), or of uint8
+        tensors with ``photometric_on_device``.
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class MultiCropTransform:
         solarize_p: float = 0.2,
         blur_sigma: Sequence[float] = (0.1, 2.0),
         num_global_crops: int = 2,
+        photometric_on_device: bool = False,
     ) -> None:
         if num_global_crops < 1 or num_local_crops < 0:
             raise ValueError(
@@ -92,6 +94,17 @@ class MultiCropTransform:
             normalize=T.Normalize(tuple(float(m) for m in mean), tuple(float(s) for s in std)),
         )
         global_scale, local_scale = _pair(global_crop_scale), _pair(local_crop_scale)
+        self.photometric_on_device = bool(photometric_on_device)
+        # What the DataModule runs on the device after transfer (None: the workers did everything).
+        self.device_stage: DeviceMultiCrop | None = None
+        if self.photometric_on_device:
+            self.device_stage = DeviceMultiCrop(
+                recipes_of(color_jitter, color_jitter_p, grayscale_p, blur_p, sigma, solarize_p, mean, std)
+            )
+            self.global_view_1 = _geometric_view(self.global_crop_size, global_scale, flip_p)
+            self.global_view_2 = self.global_view_1
+            self.local_view = _geometric_view(self.local_crop_size, local_scale, flip_p)
+            return
         self.global_view_1 = _view(self.global_crop_size, global_scale, blur_p[0], 0.0, **common)
         self.global_view_2 = _view(self.global_crop_size, global_scale, blur_p[1], solarize_p, **common)
         self.local_view = _view(self.local_crop_size, local_scale, blur_p[2], 0.0, **common)
@@ -108,6 +121,17 @@ class MultiCropTransform:
             f"{self.num_local_crops}x{self.local_crop_size}px)\n  global 1: {self.global_view_1}\n"
             f"  global 2: {self.global_view_2}\n  local: {self.local_view}"
         )
+
+
+def _geometric_view(size: int, scale: tuple[float, float], flip_p: float) -> T.Compose:
+    """Crop and flip only, uint8 out (the photometric half runs on the device)."""
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(p=flip_p),
+            T.PILToTensor(),
+        ]
+    )
 
 
 def _pair(values: Sequence[float]) -> tuple[float, float]:
