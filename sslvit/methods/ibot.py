@@ -31,6 +31,7 @@ class IBOT(TeacherStudentModule):
         shared_head: one head for CLS and patch tokens (the paper's choice at ViT-S/B scale); needs
             ``patch_out_dim == out_dim``.
         hidden_dim / bottleneck_dim / head_layers / norm_last_layer: head shape.
+        use_bn_in_head: batch norm in the heads' MLPs (off in the paper; see ``DINOHead``).
         student_temp: student temperature for both outputs (0.1).
         teacher_temp / warmup_teacher_temp: CLS teacher temperature after / at the start of warm-up.
         teacher_patch_temp / warmup_teacher_patch_temp: the same for patch outputs.
@@ -51,6 +52,7 @@ class IBOT(TeacherStudentModule):
         bottleneck_dim: int = 256,
         head_layers: int = 3,
         norm_last_layer: bool = True,
+        use_bn_in_head: bool = False,
         student_temp: float = 0.1,
         teacher_temp: float = 0.07,
         warmup_teacher_temp: float = 0.04,
@@ -67,7 +69,7 @@ class IBOT(TeacherStudentModule):
         self.save_hyperparameters(ignore=["backbone", "optim"])
         if shared_head and patch_out_dim != out_dim:
             raise ValueError(f"shared_head needs patch_out_dim == out_dim, got {patch_out_dim} and {out_dim}")
-        head_args = (hidden_dim, bottleneck_dim, head_layers, norm_last_layer)
+        head_args = (hidden_dim, bottleneck_dim, head_layers, norm_last_layer, use_bn_in_head)
         self.student["head"] = DINOHead(self.embed_dim, out_dim, *head_args)
         if not shared_head:
             self.student["patch_head"] = DINOHead(self.embed_dim, patch_out_dim, *head_args)
