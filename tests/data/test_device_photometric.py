@@ -43,7 +43,7 @@ def test_colour_ops_match_torchvision_per_sample(ours, reference, factors):
 
 def test_hue_keeps_grey_and_black_pixels():
     x = torch.tensor([0.0, 0.5, 1.0]).view(3, 1, 1).expand(3, 3, 2).reshape(1, 3, 3, 2).clone()
-    x = x.permute(0, 2, 1, 3).contiguous()  # grey columns: r = g = b
+    x = x.permute(0, 2, 1, 3).contiguous()  # grey rows: r = g = b
     assert torch.allclose(adjust_hue(x, torch.tensor([0.3])), x, atol=1e-6)
 
 
