@@ -34,6 +34,7 @@ class RunSpec:
     fused_adamw: bool = True
     sdpa: bool = True
     group_crops: bool = True
+    pack_crops: bool = False
     mode: str = "step"
     warmup: int = 10
     steps: int = 40
@@ -61,6 +62,7 @@ def compose_cfg(spec: RunSpec, device: torch.device) -> DictConfig:
         f"data.transform.num_local_crops={spec.num_local}",
         f"backbone.compile_blocks={spec.compile}",
         f"backbone.fused_attn={spec.sdpa}",
+        f"backbone.pack_crops={spec.pack_crops}",
         f"method.optim.fused={spec.fused_adamw}",
         # A benchmark run of 50 steps is all "first epoch", where the prototypes are frozen and AdamW
         # skips them; time the steady state that training spends its time in.

@@ -14,6 +14,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from sslvit.backbones.packed import PackLayout, packed_block
 from sslvit.backbones.rel_pos_bias import RelativePositionBias
 from sslvit.backbones.subset_drop_path import SubsetDropPathBlock
 
@@ -43,6 +44,13 @@ def _compiled_block_call() -> _BlockCall:
     ``dynamic=False``: a step has few distinct shapes (global and local crops), each gets static kernels.
     """
     return cast(_BlockCall, torch.compile(_call_block, dynamic=False))
+
+
+@functools.cache
+def _compiled_packed_block() -> Callable[[Block, Tensor, PackLayout], Tensor]:
+    """``packed_block`` compiled once for every MaskedViT, as ``_compiled_block_call`` (the layout's
+    integers are specialised: one graph per crop setting)."""
+    return cast(Callable[[Block, Tensor, PackLayout], Tensor], torch.compile(packed_block, dynamic=False))
 
 
 class MaskedViT(VisionTransformer):
@@ -90,6 +98,9 @@ class MaskedViT(VisionTransformer):
             (``SubsetDropPathBlock``: a fixed-size random subset, rescaled) instead of zeroing the dropped
             ones after computing them (timm's ``DropPath``). Same expectation, less compute; a speed
             switch with no effect when ``drop_path_rate`` is 0 or outside training.
+        pack_crops: ``forward_features_list`` runs crops of several resolutions as one packed token
+            sequence with per-crop attention (``sslvit.backbones.packed``) instead of one pass per
+            resolution. A speed switch: same parameters, same outputs up to float rounding.
     """
 
     def __init__(
@@ -109,6 +120,7 @@ class MaskedViT(VisionTransformer):
         fused_attn: bool = True,
         compile_blocks: bool = False,
         drop_path_subset: bool = True,
+        pack_crops: bool = False,
     ) -> None:
         if num_register_tokens < 0:
             raise ValueError(f"num_register_tokens must be >= 0, got {num_register_tokens}")
@@ -144,6 +156,7 @@ class MaskedViT(VisionTransformer):
         for block in self.blocks:  # timm reads fused_attn on every call (Final only for TorchScript)
             cast(Attention, cast(Block, block).attn).fused_attn = fused_attn  # type: ignore[misc]
         self.compile_blocks = compile_blocks
+        self.pack_crops = pack_crops
 
     # ----------------------------------------------------------------------------------------------
     # Properties and parameter-name helpers
@@ -255,7 +268,46 @@ class MaskedViT(VisionTransformer):
         """
         bias = self.attention_bias(images.shape[-2], images.shape[-1])
         x_prenorm = self._run_blocks(self.prepare_tokens(images, masks), bias)
-        x_norm = self.norm(x_prenorm)
+        return self._split_outputs(x_prenorm, self.norm(x_prenorm), masks)
+
+    def forward_features_list(
+        self, images: Sequence[Tensor], masks: Sequence[Tensor | None] | None = None
+    ) -> list[dict[str, Tensor | None]]:
+        """``forward_features`` of several batches (e.g. global and local crops), one dict each.
+
+        With ``pack_crops`` every batch's tokens run through the blocks as one packed sequence (attention
+        stays within each image); otherwise one pass per batch.
+        """
+        masks = list(masks) if masks is not None else [None] * len(images)
+        if len(masks) != len(images):
+            raise ValueError(f"got {len(images)} image batches but {len(masks)} masks")
+        if not self.pack_crops or len(images) < 2:
+            return [self.forward_features(x, m) for x, m in zip(images, masks, strict=True)]
+        if self.rel_pos_bias is not None:
+            raise ValueError("pack_crops does not support rel_pos_bias (a per-resolution attention bias)")
+        tokens = [self.prepare_tokens(x, m) for x, m in zip(images, masks, strict=True)]
+        layout = PackLayout.of(tokens)
+        x_prenorm = self._run_packed_blocks(layout.pack(tokens), layout)
+        return [
+            self._split_outputs(prenorm, norm, m)
+            for prenorm, norm, m in zip(
+                layout.unpack(x_prenorm), layout.unpack(self.norm(x_prenorm)), masks, strict=True
+            )
+        ]
+
+    def _run_packed_blocks(self, x: Tensor, layout: PackLayout) -> Tensor:
+        checkpointed = self.grad_checkpointing and self.training
+        run = _compiled_packed_block() if self.compile_blocks and not checkpointed else packed_block
+        for block in self.blocks:
+            if checkpointed:
+                x = checkpoint(packed_block, block, x, layout, use_reentrant=False)
+            else:
+                x = run(cast(Block, block), x, layout)
+        return x
+
+    def _split_outputs(
+        self, x_prenorm: Tensor, x_norm: Tensor, masks: Tensor | None
+    ) -> dict[str, Tensor | None]:
         start = self.num_prefix_tokens
         return {
             "x_norm_clstoken": x_norm[:, 0],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -86,7 +88,9 @@ class DINO(TeacherStudentModule):
             teacher_probs = teacher_probs_all.chunk(num_global)
 
         crops = batch.global_crops + batch.local_crops
-        student_cls = torch.cat([self.student["backbone"](x) for x in cat_by_resolution(crops)])
+        student_backbone: Any = self.student["backbone"]
+        outputs = student_backbone.forward_features_list(cat_by_resolution(crops))
+        student_cls = torch.cat([out["x_norm_clstoken"] for out in outputs])
         student_logits = self.student["head"](student_cls).chunk(len(crops))  # S x (B, K)
 
         dino_loss = self.dino_loss(list(student_logits), list(teacher_probs))

@@ -11,6 +11,7 @@ from sslvit.data.batch import MultiCropBatch
 from sslvit.heads import DINOHead
 from sslvit.losses import Centering, DINOLoss, IBOTPatchLoss, KoLeoLoss, SinkhornKnopp
 from sslvit.methods.base import TeacherStudentModule
+from sslvit.methods.multicrop import student_crop_features
 from sslvit.methods.optim_config import OptimConfig
 
 
@@ -108,13 +109,10 @@ class DINOv2(TeacherStudentModule):
             teacher_cls_probs = teacher_cls_probs_all.chunk(num_global)
             teacher_patch_probs = self.patch_targets.probs(teacher_patch_logits, temp)
 
-        student_out = student_backbone.forward_features(globals_, masks=masks)
+        student_out, student_cls = student_crop_features(student_backbone, globals_, masks, batch.local_crops)
         student_global_cls = student_out["x_norm_clstoken"]  # (G*B, D)
-        student_cls = [student_global_cls]
-        if batch.local_crops:
-            student_cls.append(self.student["backbone"](torch.cat(batch.local_crops)))
         num_crops = num_global + len(batch.local_crops)
-        student_cls_logits = self.student["dino_head"](torch.cat(student_cls)).chunk(num_crops)
+        student_cls_logits = self.student["dino_head"](student_cls).chunk(num_crops)
         student_patch_logits = self.student["ibot_head"](student_out["x_norm_patchtokens"][masks])  # (M, K')
 
         terms = {

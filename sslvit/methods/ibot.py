@@ -11,6 +11,7 @@ from sslvit.data.batch import MultiCropBatch
 from sslvit.heads import DINOHead
 from sslvit.losses import Centering, DINOLoss, IBOTPatchLoss
 from sslvit.methods.base import TeacherStudentModule
+from sslvit.methods.multicrop import student_crop_features
 from sslvit.methods.optim_config import OptimConfig
 
 
@@ -121,12 +122,11 @@ class IBOT(TeacherStudentModule):
             teacher_cls_probs = teacher_cls_probs_all.chunk(num_global)
             teacher_patch_probs = self.patch_centering.probs(teacher_patch_logits, patch_temp)
 
-        student_out = student_backbone.forward_features(globals_, masks=batch.masks)
-        student_cls = [student_out["x_norm_clstoken"]]
-        if batch.local_crops:
-            student_cls.append(self.student["backbone"](torch.cat(batch.local_crops)))
+        student_out, student_cls = student_crop_features(
+            student_backbone, globals_, batch.masks, batch.local_crops
+        )
         num_crops = num_global + len(batch.local_crops)
-        student_cls_logits = self.student["head"](torch.cat(student_cls)).chunk(num_crops)
+        student_cls_logits = self.student["head"](student_cls).chunk(num_crops)
         # The patch head runs only on masked tokens: the loss ignores the others.
         student_masked_logits = self.patch_head(self.student)(student_out["x_norm_patchtokens"][batch.masks])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -18,3 +20,20 @@ def cat_by_resolution(crops: list[torch.Tensor]) -> list[torch.Tensor]:
         else:
             groups.append([crop])
     return [torch.cat(group) if len(group) > 1 else group[0] for group in groups]
+
+
+def student_crop_features(
+    backbone: Any, globals_: torch.Tensor, masks: torch.Tensor | None, local_crops: list[torch.Tensor]
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """The student's ``forward_features`` of the (masked) global crops and the CLS tokens of every crop.
+
+    Global and local crops go to the backbone in one ``forward_features_list`` call, which packs them
+    into one pass when the backbone's ``pack_crops`` is on.
+
+    Returns:
+        The global crops' output dict and the CLS tokens ``(S * B, D)``, globals first then locals.
+    """
+    crops = [globals_, torch.cat(local_crops)] if local_crops else [globals_]
+    global_out, *local_outs = backbone.forward_features_list(crops, [masks, None][: len(crops)])
+    cls = [global_out["x_norm_clstoken"]] + [out["x_norm_clstoken"] for out in local_outs]
+    return global_out, torch.cat(cls)

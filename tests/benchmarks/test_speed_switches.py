@@ -94,3 +94,23 @@ def test_subset_drop_path_executes_fewer_flops() -> None:
     # Block 0 has rate 0 and block 1 has 0.5: its branches run on 4 of the 8 samples.
     assert counted[True] < counted[False]
     assert counted[True] > 0.6 * counted[False]
+
+
+@pytest.mark.parametrize("method", ["dino", "ibot", "dinov2"])
+def test_packed_crops_step_gives_the_unpacked_losses(method: str) -> None:
+    from benchmarks import step
+
+    args = [
+        "--method", method, "--arch", "vit_test", "--patch", "8", "--global-size", "32",
+        "--local-size", "16", "--num-local", "2", "--batch", "4", "--warmup", "0", "--steps", "3",
+        "--precision", "32", "--device", "cpu", "--override", "method.out_dim=64",
+        "--override", "method.hidden_dim=32", "--override", "method.bottleneck_dim=16",
+    ]  # fmt: skip
+    # Stochastic depth draws differently packed (one draw per group either way): compare without it.
+    args += ["--override", "backbone.drop_path_rate=0"]
+    grouped = step.main(args)["rows"][0]
+    packed = step.main([*args, "--pack-crops"])["rows"][0]
+    assert packed["pack_crops"] and not grouped["pack_crops"]
+    # Three optimizer steps: the packed student follows the same trajectory, not just the first loss.
+    assert packed["loss_first"] == pytest.approx(grouped["loss_first"], rel=1e-5)
+    assert packed["loss_last"] == pytest.approx(grouped["loss_last"], rel=1e-4)
