@@ -4,6 +4,8 @@
     python -m benchmarks.data --synthetic 512 --workers 1,2 --batches 10     # writes random JPEGs first
     python -m benchmarks.data --folder ... --photometric-on-device   # workers crop + flip only; times the
                                                                       # on-device photometric stage too
+    python -m benchmarks.data --folder ... --crops-on-device   # workers decode + draw boxes; crops and
+                                                               # photometric ops timed on the device
 
 The loader is the project's own (``SSLDataModule.train_dataloader`` composed from conf/ with
 ``data=folder``), so decode, crops, colour augmentations, blur, solarisation, masks and collate all count.
@@ -23,10 +25,13 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from PIL import Image
 
 from benchmarks.build import CONF_DIR
 from sslvit.config import register_resolvers
+from sslvit.data.batch import CropSourceBatch
+from sslvit.data.transforms.device_crops import crop_sources
 
 
 def write_synthetic_jpegs(
@@ -60,6 +65,7 @@ def build_datamodule(args: argparse.Namespace, folder: Path) -> Any:
         "data.persistent_workers=false",
         "data.pin_memory=false",
         f"data.transform.photometric_on_device={str(args.photometric_on_device).lower()}",
+        f"data.transform.crops_on_device={str(args.crops_on_device).lower()}",
     ]
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -92,18 +98,23 @@ def time_loader(datamodule: Any, workers: int, batches: int) -> dict[str, float]
 
 
 def time_device_stage(datamodule: Any, repeats: int = 10) -> dict[str, Any]:
-    """Median ms of the on-device photometric stage for one batch (CUDA if present, else CPU)."""
+    """Median ms of what runs on the device for one batch (crops if they are cut there, photometric ops),
+    on CUDA if present, else the CPU."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     datamodule.num_workers = 0
-    batch = next(iter(datamodule.train_dataloader()))
-    globals_, locals_ = ([x.to(device) for x in crops] for crops in (batch.global_crops, batch.local_crops))
+    batch = move_data_to_device(next(iter(datamodule.train_dataloader())), device)
     stage = datamodule.transform.device_stage
+
+    def run() -> None:
+        crops = crop_sources(batch) if isinstance(batch, CropSourceBatch) else batch
+        stage(crops.global_crops, crops.local_crops)
+
     times = []
     for _ in range(repeats + 2):  # two warm-up calls
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        stage(globals_, locals_)
+        run()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append((time.perf_counter() - start) * 1e3)
@@ -129,6 +140,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="workers crop and flip only (data.transform.photometric_on_device); times the device stage",
     )
+    p.add_argument(
+        "--crops-on-device",
+        action="store_true",
+        help="workers decode and draw boxes only (data.transform.crops_on_device); times the device stage",
+    )
     return p.parse_args(argv)
 
 
@@ -146,14 +162,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             write_synthetic_jpegs(folder, args.synthetic)
         datamodule = build_datamodule(args, folder)
         rows = [time_loader(datamodule, w, args.batches) for w in workers]
-        device_stage = time_device_stage(datamodule) if args.photometric_on_device else None
+        on_device = args.photometric_on_device or args.crops_on_device
+        device_stage = time_device_stage(datamodule) if on_device else None
     report = {
         "folder": str(args.folder) if args.folder else f"{args.synthetic} synthetic JPEGs",
         "images_in_folder": len(datamodule.train_set),
         "batch": args.batch,
         "method": args.method,
         "crops": f"2x{args.global_size} + {args.num_local}x{args.local_size}",
-        "photometric_on_device": args.photometric_on_device,
+        "photometric_on_device": args.photometric_on_device or args.crops_on_device,
+        "crops_on_device": args.crops_on_device,
         "rows": rows,
         "device_stage": device_stage,
     }
@@ -163,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"| {r['workers']} | {r['first_batch_s']:.2f} | {r['img_per_s']:.1f} |")
     if device_stage is not None:
         print(
-            f"photometric stage on {device_stage['device']}: {device_stage['ms_per_batch']:.1f} ms per batch "
+            f"device stage on {device_stage['device']}: {device_stage['ms_per_batch']:.1f} ms per batch "
             f"({device_stage['img_per_s']:.0f} img/s)"
         )
     if args.json:

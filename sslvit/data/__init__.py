@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sslvit.data.batch import MaskedImageBatch, MultiCropBatch
+from sslvit.data.batch import CropSourceBatch, MaskedImageBatch, MultiCropBatch
 from sslvit.data.collate import collate_eval, collate_multicrop, collate_views
 from sslvit.data.datasets import FakeDataset, FashionMNIST, ImageFolderDataset, eval_image_folder
 from sslvit.data.image_io import UnreadableImageError, load_rgb
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BEiTTransform",
+    "CropSourceBatch",
     "EvalTransform",
     "FakeDataset",
     "FashionMNIST",

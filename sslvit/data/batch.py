@@ -85,3 +85,49 @@ class MaskedImageBatch:
             masks=None if self.masks is None else self.masks.pin_memory(),
             num_skipped=self.num_skipped,
         )
+
+
+@dataclass
+class CropSourceBatch:
+    """Whole images and the multi-crop boxes to cut from them on the device (``crops_on_device``).
+
+    ``sslvit.data.transforms.device_crops.crop_sources`` turns it into the :class:`MultiCropBatch` of uint8
+    crops that the workers would otherwise have made; the DataModule does so after the transfer.
+
+    Attributes:
+        images: (B,3,S,S) uint8, each image (long side at most S) in the top-left corner, zeros elsewhere.
+        global_boxes / local_boxes: (V,B,4) float32 ``(left, top, width, height)`` in pixels, view-major.
+        global_flips / local_flips: (V,B) bool, flip that crop horizontally.
+        global_size / local_size: output side of the global / local crops.
+        labels, masks, num_skipped: as in :class:`MultiCropBatch` (masks on the global crops' grid).
+    """
+
+    images: torch.Tensor
+    global_boxes: torch.Tensor
+    local_boxes: torch.Tensor
+    global_flips: torch.Tensor
+    local_flips: torch.Tensor
+    global_size: int
+    local_size: int
+    labels: torch.Tensor
+    masks: torch.Tensor | None = None
+    num_skipped: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.images.shape[0]
+
+    def pin_memory(self) -> CropSourceBatch:
+        """Called by ``DataLoader(pin_memory=True)`` so host-to-GPU copies can run asynchronously."""
+        pinned = {
+            name: getattr(self, name).pin_memory()
+            for name in ("images", "global_boxes", "local_boxes", "global_flips", "local_flips", "labels")
+        }
+        masks = None if self.masks is None else self.masks.pin_memory()
+        return CropSourceBatch(
+            **pinned,
+            global_size=self.global_size,
+            local_size=self.local_size,
+            masks=masks,
+            num_skipped=self.num_skipped,
+        )

@@ -49,7 +49,9 @@ def collate_multicrop(
     labels = torch.tensor([int(s[1]) for s in kept], dtype=torch.int64)
     masks = None
     if mask_fn is not None:
-        masks = draw_masks(mask_fn, num_global * len(kept), global_crops[0], patch_size, "collate_multicrop")
+        masks = draw_masks(
+            mask_fn, num_global * len(kept), global_crops[0].shape[-2:], patch_size, "collate_multicrop"
+        )
     return MultiCropBatch(
         global_crops=global_crops,
         local_crops=local_crops,
@@ -71,12 +73,12 @@ def readable(samples: Sequence[Any]) -> list[Any]:
 
 
 def draw_masks(
-    mask_fn: MaskFn, num_masks: int, images: torch.Tensor, patch_size: int | None, caller: str
+    mask_fn: MaskFn, num_masks: int, image_size: Sequence[int], patch_size: int | None, caller: str
 ) -> torch.Tensor:
-    """``(num_masks, h*w)`` bool masks from ``mask_fn`` on the patch grid of ``images (B,C,H,W)``."""
+    """``(num_masks, h*w)`` bool masks from ``mask_fn`` on the patch grid of ``image_size (H, W)``."""
     if patch_size is None:
         raise ValueError(f"{caller}: mask_fn needs patch_size to size the mask grid")
-    height, width = images.shape[-2:]
+    height, width = image_size
     grid = (height // patch_size, width // patch_size)
     drawn = mask_fn(num_masks, grid)
     masks = (drawn if isinstance(drawn, torch.Tensor) else torch.from_numpy(np.asarray(drawn))).bool()
@@ -106,7 +108,11 @@ def collate_views(
     images = torch.stack([s[0][0] for s in kept])
     tokenizer_views = [s[0][1] for s in kept]
     tokenizer_images = None if tokenizer_views[0] is None else torch.stack(tokenizer_views)  # type: ignore[arg-type]
-    masks = None if mask_fn is None else draw_masks(mask_fn, len(kept), images, patch_size, "collate_views")
+    masks = (
+        None
+        if mask_fn is None
+        else draw_masks(mask_fn, len(kept), images.shape[-2:], patch_size, "collate_views")
+    )
     return MaskedImageBatch(
         images=images,
         labels=torch.tensor([int(s[1]) for s in kept], dtype=torch.int64),

@@ -11,10 +11,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from sslvit.data.batch import MultiCropBatch
+from sslvit.data.batch import CropSourceBatch, MultiCropBatch
 from sslvit.data.collate import MaskFn, collate_eval, collate_multicrop
 from sslvit.data.resumable import ResumableDataLoader, ResumableSampler, SeededCollate, SeededSamples
 from sslvit.data.transformed import ImageDataset, IndexedEvalDataset, TransformedDataset
+from sslvit.data.transforms.device_crops import crop_sources
 from sslvit.utils.distributed import is_distributed, rank, world_size
 
 
@@ -154,8 +155,10 @@ class SSLDataModule(L.LightningDataModule):
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Finish multi-crop batches on the device when the transform left the photometric ops there."""
+        """Finish multi-crop batches on the device: cut the crops, run the photometric ops left there."""
         stage = getattr(self.transform, "device_stage", None)
+        if isinstance(batch, CropSourceBatch):  # crops_on_device: cut the crops here first
+            batch = crop_sources(batch)
         if stage is None or not isinstance(batch, MultiCropBatch):
             return batch
         # Seeded by (global seed, epoch, batch of the epoch, rank): a resumed run redraws the same jitter.

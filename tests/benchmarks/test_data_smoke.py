@@ -16,14 +16,15 @@ SMALL = ["--synthetic", "8", "--workers", "0", "--batches", "1", "--batch", "4",
          "--global-size", "32", "--local-size", "16", "--num-local", "2"]  # fmt: skip
 
 
-@pytest.mark.parametrize("on_device", [False, True])
+@pytest.mark.parametrize("on_device", [None, "--photometric-on-device", "--crops-on-device"])
 def test_data_benchmark_reports_rows_and_the_device_stage(tmp_path, on_device):
     out = tmp_path / "data.json"
-    argv = [*SMALL, "--json", str(out)] + (["--photometric-on-device"] if on_device else [])
+    argv = [*SMALL, "--json", str(out)] + ([on_device] if on_device else [])
     report = data_bench.main(argv)
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     (row,) = report["rows"]
     assert row["workers"] == 0 and row["images"] == 4 and row["img_per_s"] > 0
+    assert report["crops_on_device"] == (on_device == "--crops-on-device")
     if on_device:
         assert report["device_stage"]["ms_per_batch"] > 0 and report["device_stage"]["device"] == "cpu"
     else:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-import torch
 from PIL import Image
 from torchvision import transforms as T
 
 from sslvit.data.transforms.blur import GaussianBlur, blur_kernel_size
+from sslvit.data.transforms.crop_plan import CropPlan
 from sslvit.data.transforms.device_photometric import DeviceMultiCrop, recipes_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -47,10 +48,18 @@ class MultiCropTransform:
             grayscale, blur, solarisation and normalisation run per batch on the training device
             (:class:`~sslvit.data.transforms.device_photometric.DevicePhotometric`, applied by the
             DataModule after the batch is moved there). For GPUs whose loader cannot keep up.
+        crops_on_device: the workers only decode and draw the crop boxes and flips
+            (:class:`~sslvit.data.transforms.crop_plan.CropPlan`); the crops are cut and resampled on the
+            device (PIL's antialiased bicubic, :mod:`~sslvit.data.transforms.device_crops`), then the
+            photometric half runs there too. Implies ``photometric_on_device``.
+        max_side: with ``crops_on_device``, larger images are first shrunk to this long side in the
+            worker (None: 16/7 of the global crop size, 512 for 224, so that even a global crop of the
+            smallest area is not upsampled).
 
     Returns (from ``__call__``):
         ``(global_crops, local_crops)``: lists of normalised float tensors (3, H, W), or of uint8
-        tensors with ``photometric_on_device``.
+        tensors with ``photometric_on_device``; with ``crops_on_device``, ``(image, boxes, flips)``,
+        which the transform's ``collate_fn`` stacks into a :class:`~sslvit.data.batch.CropSourceBatch`.
     """
 
     def __init__(
@@ -71,6 +80,8 @@ class MultiCropTransform:
         blur_sigma: Sequence[float] = (0.1, 2.0),
         num_global_crops: int = 2,
         photometric_on_device: bool = False,
+        crops_on_device: bool = False,
+        max_side: int | None = None,
     ) -> None:
         if num_global_crops < 1 or num_local_crops < 0:
             raise ValueError(
@@ -85,6 +96,7 @@ class MultiCropTransform:
         self.num_local_crops = int(num_local_crops)
         # Hydra hands lists as ListConfig; plain tuples keep the transforms picklable and printable.
         sigma = _pair(blur_sigma)
+        global_scale, local_scale = _pair(global_crop_scale), _pair(local_crop_scale)
         common = dict(
             flip_p=flip_p,
             jitter=T.ColorJitter(*(float(v) for v in color_jitter)),
@@ -93,8 +105,17 @@ class MultiCropTransform:
             sigma=sigma,
             normalize=T.Normalize(tuple(float(m) for m in mean), tuple(float(s) for s in std)),
         )
-        global_scale, local_scale = _pair(global_crop_scale), _pair(local_crop_scale)
-        self.photometric_on_device = bool(photometric_on_device)
+        self.photometric_on_device = bool(photometric_on_device) or bool(crops_on_device)
+        self.crops_on_device = bool(crops_on_device)
+        # The workers' half when the crops are cut on the device; its collate makes a CropSourceBatch.
+        self.crop_plan: CropPlan | None = None
+        if self.crops_on_device:
+            self.crop_plan = CropPlan(
+                self.global_crop_size, self.local_crop_size, self.num_global_crops, self.num_local_crops,
+                global_scale, local_scale, flip_p,
+                max_side=int(max_side) if max_side else -(-self.global_crop_size * 16 // 7),
+            )  # fmt: skip
+            self.collate_fn = self.crop_plan.collate
         # What the DataModule runs on the device after transfer (None: the workers did everything).
         self.device_stage: DeviceMultiCrop | None = None
         if self.photometric_on_device:
@@ -109,7 +130,9 @@ class MultiCropTransform:
         self.global_view_2 = _view(self.global_crop_size, global_scale, blur_p[1], solarize_p, **common)
         self.local_view = _view(self.local_crop_size, local_scale, blur_p[2], 0.0, **common)
 
-    def __call__(self, image: Image.Image) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def __call__(self, image: Image.Image) -> Any:
+        if self.crop_plan is not None:
+            return self.crop_plan(image)
         global_crops = [self.global_view_1(image)]
         global_crops += [self.global_view_2(image) for _ in range(self.num_global_crops - 1)]
         local_crops = [self.local_view(image) for _ in range(self.num_local_crops)]
