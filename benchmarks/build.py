@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from sslvit.config import register_resolvers
 from sslvit.data.batch import MultiCropBatch
+from sslvit.utils.masked_tokens import true_indices
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 PRECISIONS = {"bf16-mixed": "bf16-mixed", "32": "32-true", "32-true": "32-true"}
@@ -95,14 +96,17 @@ def synthetic_batch(cfg: DictConfig, device: torch.device, seed: int = 0) -> Mul
     def crops(n: int, size: int) -> list[torch.Tensor]:
         return [torch.randn(b, 3, size, size, generator=g).to(device) for _ in range(n)]
 
-    masks = None
+    masks = mask_indices = None
     if cfg.data.get("masking") is not None:
         generator = instantiate(cfg.data.masking, seed=seed)
         grid = int(t.global_crop_size) // int(cfg.data.patch_size)
-        masks = generator(num_global * b, (grid, grid)).to(device)
+        cpu_masks = torch.as_tensor(generator(num_global * b, (grid, grid)))
+        # As the loader's collate does: the masked positions are found on the CPU, not in the step.
+        masks, mask_indices = cpu_masks.to(device), true_indices(cpu_masks).to(device)
     return MultiCropBatch(
         global_crops=crops(num_global, int(t.global_crop_size)),
         local_crops=crops(int(t.num_local_crops), int(t.local_crop_size)),
         labels=torch.zeros(b, dtype=torch.int64, device=device),
         masks=masks,
+        mask_indices=mask_indices,
     )

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sslvit.utils.masked_tokens import true_indices
+
 
 @dataclass
 class MultiCropBatch:
@@ -18,6 +20,10 @@ class MultiCropBatch:
             ``torch.cat(global_crops)``; None when the method masks nothing.
         labels: (B,) int64 class ids, -1 where the dataset has no labels. Only evaluation reads them.
         num_skipped: how many unreadable samples the loader dropped while building this batch.
+        mask_indices: (M,) int64 positions of the True entries of ``masks.flatten()``, derived from
+            ``masks`` when not given. Made where the masks are (the loader's collate, on the CPU), they
+            let the step gather masked tokens with ``index_select``: boolean indexing on the device would
+            count the masked tokens there, a host-device sync in every step.
     """
 
     global_crops: list[torch.Tensor]
@@ -25,6 +31,11 @@ class MultiCropBatch:
     labels: torch.Tensor
     masks: torch.Tensor | None = None
     num_skipped: int = 0
+    mask_indices: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.masks is not None and self.mask_indices is None:
+            self.mask_indices = true_indices(self.masks)
 
     @property
     def batch_size(self) -> int:
@@ -42,6 +53,7 @@ class MultiCropBatch:
             labels=self.labels.pin_memory(),
             masks=None if self.masks is None else self.masks.pin_memory(),
             num_skipped=self.num_skipped,
+            mask_indices=None if self.mask_indices is None else self.mask_indices.pin_memory(),
         )
 
 
@@ -59,6 +71,8 @@ class MaskedImageBatch:
         tokenizer_images: (B,C,h,w) pixels in [0, 1] for the tokenizer, or None.
         masks: (B,N) bool on the patch grid of ``images``, True = masked; None when nothing is masked.
         num_skipped: how many unreadable samples the loader dropped while building this batch.
+        mask_indices: (M,) int64 positions of the True entries of ``masks.flatten()`` (see
+            :class:`MultiCropBatch`), derived from ``masks`` when not given.
     """
 
     images: torch.Tensor
@@ -66,6 +80,11 @@ class MaskedImageBatch:
     tokenizer_images: torch.Tensor | None = None
     masks: torch.Tensor | None = None
     num_skipped: int = 0
+    mask_indices: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.masks is not None and self.mask_indices is None:
+            self.mask_indices = true_indices(self.masks)
 
     @property
     def batch_size(self) -> int:
@@ -84,6 +103,7 @@ class MaskedImageBatch:
             tokenizer_images=None if self.tokenizer_images is None else self.tokenizer_images.pin_memory(),
             masks=None if self.masks is None else self.masks.pin_memory(),
             num_skipped=self.num_skipped,
+            mask_indices=None if self.mask_indices is None else self.mask_indices.pin_memory(),
         )
 
 
@@ -99,7 +119,8 @@ class CropSourceBatch:
         global_boxes / local_boxes: (V,B,4) float32 ``(left, top, width, height)`` in pixels, view-major.
         global_flips / local_flips: (V,B) bool, flip that crop horizontally.
         global_size / local_size: output side of the global / local crops.
-        labels, masks, num_skipped: as in :class:`MultiCropBatch` (masks on the global crops' grid).
+        labels, masks, num_skipped, mask_indices: as in :class:`MultiCropBatch` (masks on the global
+            crops' grid).
     """
 
     images: torch.Tensor
@@ -112,6 +133,11 @@ class CropSourceBatch:
     labels: torch.Tensor
     masks: torch.Tensor | None = None
     num_skipped: int = 0
+    mask_indices: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.masks is not None and self.mask_indices is None:
+            self.mask_indices = true_indices(self.masks)
 
     @property
     def batch_size(self) -> int:
@@ -130,4 +156,5 @@ class CropSourceBatch:
             local_size=self.local_size,
             masks=masks,
             num_skipped=self.num_skipped,
+            mask_indices=None if self.mask_indices is None else self.mask_indices.pin_memory(),
         )

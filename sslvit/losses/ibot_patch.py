@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslvit.utils.masked_tokens import gather_masked, true_indices
+
 
 class IBOTPatchLoss(nn.Module):
     """Masked image modelling as self-distillation (Zhou et al., 2022, arXiv:2111.07832, eq. 2).
@@ -30,14 +32,21 @@ class IBOTPatchLoss(nn.Module):
         return self.forward_masked(student_logits[masks], teacher_probs[masks], masks)
 
     def forward_masked(
-        self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, masks: torch.Tensor
+        self,
+        student_logits: torch.Tensor,
+        teacher_probs: torch.Tensor,
+        masks: torch.Tensor,
+        mask_indices: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Gathered form: (M, K) rows of the masked tokens only, in ``masks`` order, and (B, N) masks.
 
         Lets methods run the heads on the M masked tokens alone (much cheaper than all B*N).
+        ``mask_indices`` (``true_indices(masks)``, made in the loader) avoids counting the masked tokens
+        on the device, a host sync.
         """
         per_token = -(teacher_probs.float() * F.log_softmax(student_logits.float() / self.student_temp, -1))
         per_token = per_token.sum(dim=-1)  # (M,)
         masked_per_image = masks.sum(dim=1, keepdim=True).clamp_min(1)  # (B, 1)
-        weights = (1.0 / masked_per_image).expand_as(masks)[masks]  # (M,): 1 / masked patches of its image
+        indices = true_indices(masks) if mask_indices is None else mask_indices
+        weights = gather_masked(1.0 / masked_per_image.expand_as(masks)[..., None], indices)[:, 0]  # (M,)
         return (per_token * weights).sum() / masks.shape[0]

@@ -13,6 +13,7 @@ from sslvit.losses import MIMCrossEntropy
 from sslvit.methods.base import TeacherStudentModule
 from sslvit.methods.optim_config import OptimConfig
 from sslvit.tokenizers.base import VisualTokenizer
+from sslvit.utils.masked_tokens import distinct_codes, gather_masked
 
 _EVAL_FEATURES = ("mean_patch", "cls")
 
@@ -126,13 +127,17 @@ class BEiT(TeacherStudentModule):
         targets = self.target_ids(batch.tokenizer_images, backbone.grid_size(*batch.images.shape[-2:]))
 
         out = backbone.forward_features(batch.images, masks=batch.masks)
-        # The classifier runs on the masked tokens only: the loss reads nothing else.
-        masked_logits = self.student["head"](out["x_norm_patchtokens"][batch.masks])  # (M, K)
-        masked_targets = targets[batch.masks]  # (M,)
+        # The classifier runs on the masked tokens only: the loss reads nothing else. Gathered by the
+        # loader's indices: boolean indexing would sync the host with the device.
+        indices = batch.mask_indices
+        assert indices is not None  # derived from masks by MaskedImageBatch
+        masked_logits = self.student["head"](gather_masked(out["x_norm_patchtokens"], indices))  # (M, K)
+        masked_targets = gather_masked(targets, indices)  # (M,)
         loss = self.mim_loss(masked_logits, masked_targets)
 
         self.log_losses(loss, {"mim": loss}, batch.batch_size)
         self.log("train/mim_acc", self.mim_loss.accuracy(masked_logits, masked_targets), on_step=True)
-        distinct = torch.unique(targets).numel()  # collapse check on the targets themselves
-        self.log("health/target_codes", float(distinct), on_step=True, on_epoch=False)
+        # Collapse check on the targets themselves.
+        distinct = distinct_codes(targets, masked_logits.shape[-1])
+        self.log("health/target_codes", distinct, on_step=True, on_epoch=False)
         return {"loss": loss}

@@ -19,6 +19,7 @@ from sslvit.methods.beit import (
     tokenizer_target_ids,
 )
 from sslvit.methods.optim_config import OptimConfig
+from sslvit.utils.masked_tokens import distinct_codes, gather_masked
 
 
 class BEiTv2(TeacherStudentModule):
@@ -144,7 +145,7 @@ class BEiTv2(TeacherStudentModule):
         patch_tokens: torch.Tensor,
         cls_head_tokens: torch.Tensor,
         targets: torch.Tensor,
-        masks: torch.Tensor,
+        mask_indices: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(L_MIM, L_MIM_C, masked logits of L_MIM)``; only the masked positions are read.
 
@@ -152,12 +153,14 @@ class BEiTv2(TeacherStudentModule):
             patch_tokens: ``(B, N, D)`` final normalised patch tokens of the backbone.
             cls_head_tokens: ``(B, N, D)`` CLS head outputs at the patch positions.
             targets: ``(B, N)`` tokenizer ids.
-            masks: ``(B, N)`` bool, True = masked.
+            mask_indices: ``(M,)`` positions of the masked tokens in the flattened ``(B * N)`` grid
+                (``MaskedImageBatch.mask_indices``; gathering by index needs no host sync).
         """
         classifier = self.student["head"]
-        masked_targets = targets[masks]  # (M,)
-        logits = classifier(patch_tokens[masks])  # (M, K): the classifier runs on masked tokens only
-        cls_logits = classifier(cls_head_tokens[masks])  # (M, K), the same weights
+        masked_targets = gather_masked(targets, mask_indices)  # (M,)
+        # The classifier runs on masked tokens only, with the same weights for both losses.
+        logits = classifier(gather_masked(patch_tokens, mask_indices))  # (M, K)
+        cls_logits = classifier(gather_masked(cls_head_tokens, mask_indices))  # (M, K)
         return self.mim_loss(logits, masked_targets), self.mim_loss(cls_logits, masked_targets), logits
 
     def training_step(self, batch: MaskedImageBatch, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -177,13 +180,16 @@ class BEiTv2(TeacherStudentModule):
         cls_head_tokens = self.student["cls_head"](
             out["x_norm_clstoken"], layer_tokens, self.head_bias(height, width)
         )
-        mim, mim_cls, logits = self.mim_losses(
-            out["x_norm_patchtokens"], cls_head_tokens, targets, batch.masks
-        )
+        indices = batch.mask_indices
+        assert indices is not None  # derived from masks by MaskedImageBatch
+        mim, mim_cls, logits = self.mim_losses(out["x_norm_patchtokens"], cls_head_tokens, targets, indices)
         loss = mim + mim_cls
 
         self.log_losses(loss, {"mim": mim, "mim_cls": mim_cls}, batch.batch_size)
-        self.log("train/mim_acc", self.mim_loss.accuracy(logits, targets[batch.masks]), on_step=True)
-        distinct = torch.unique(targets).numel()  # collapse check on the targets themselves
-        self.log("health/target_codes", float(distinct), on_step=True, on_epoch=False)
+        accuracy = self.mim_loss.accuracy(logits, gather_masked(targets, indices))
+        self.log("train/mim_acc", accuracy, on_step=True)
+        # Collapse check on the targets themselves.
+        self.log(
+            "health/target_codes", distinct_codes(targets, logits.shape[-1]), on_step=True, on_epoch=False
+        )
         return {"loss": loss}

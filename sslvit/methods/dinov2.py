@@ -13,6 +13,7 @@ from sslvit.losses import Centering, DINOLoss, IBOTPatchLoss, KoLeoLoss, Sinkhor
 from sslvit.methods.base import TeacherStudentModule
 from sslvit.methods.multicrop import student_crop_features
 from sslvit.methods.optim_config import OptimConfig
+from sslvit.utils.masked_tokens import gather_masked
 
 
 class DINOv2(TeacherStudentModule):
@@ -93,6 +94,9 @@ class DINOv2(TeacherStudentModule):
             raise ValueError("DINOv2 needs masks on its global crops: select data/masking=dinov2")
         num_global, batch_size = len(batch.global_crops), batch.batch_size
         globals_, masks = torch.cat(batch.global_crops), batch.masks  # (G*B, C, H, W), (G*B, N)
+        # (M,) masked-token positions, made in the loader: gathering by index never syncs with the host.
+        indices = batch.mask_indices
+        assert indices is not None  # derived from masks by MultiCropBatch
         self.log_skipped(batch.num_skipped)
         teacher_backbone: Any = self.teacher["backbone"]
         student_backbone: Any = self.student["backbone"]
@@ -103,7 +107,7 @@ class DINOv2(TeacherStudentModule):
             teacher_cls_logits = self.teacher["dino_head"](teacher_out["x_norm_clstoken"])  # (G*B, K)
             # The teacher's patch head, too, runs only where the student was masked.
             teacher_patch_logits = self.teacher["ibot_head"](
-                teacher_out["x_norm_patchtokens"][masks]
+                gather_masked(teacher_out["x_norm_patchtokens"], indices)
             )  # (M, K')
             teacher_cls_probs_all = self.cls_targets.probs(teacher_cls_logits, temp)  # (G*B, K)
             teacher_cls_probs = teacher_cls_probs_all.chunk(num_global)
@@ -113,11 +117,13 @@ class DINOv2(TeacherStudentModule):
         student_global_cls = student_out["x_norm_clstoken"]  # (G*B, D)
         num_crops = num_global + len(batch.local_crops)
         student_cls_logits = self.student["dino_head"](student_cls).chunk(num_crops)
-        student_patch_logits = self.student["ibot_head"](student_out["x_norm_patchtokens"][masks])  # (M, K')
+        student_patch_logits = self.student["ibot_head"](
+            gather_masked(student_out["x_norm_patchtokens"], indices)
+        )  # (M, K')
 
         terms = {
             "dino": self.dino_loss(list(student_cls_logits), list(teacher_cls_probs)),
-            "ibot": self.ibot_loss.forward_masked(student_patch_logits, teacher_patch_probs, masks),
+            "ibot": self.ibot_loss.forward_masked(student_patch_logits, teacher_patch_probs, masks, indices),
             # Per global view, as in the paper's implementation: neighbours among the same view's images.
             "koleo": torch.stack([self.koleo_loss(x) for x in student_global_cls.chunk(num_global)]).sum(),
         }

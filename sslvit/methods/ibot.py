@@ -13,6 +13,7 @@ from sslvit.losses import Centering, DINOLoss, IBOTPatchLoss
 from sslvit.methods.base import TeacherStudentModule
 from sslvit.methods.multicrop import student_crop_features
 from sslvit.methods.optim_config import OptimConfig
+from sslvit.utils.masked_tokens import gather_masked
 
 
 class IBOT(TeacherStudentModule):
@@ -127,12 +128,17 @@ class IBOT(TeacherStudentModule):
         )
         num_crops = num_global + len(batch.local_crops)
         student_cls_logits = self.student["head"](student_cls).chunk(num_crops)
-        # The patch head runs only on masked tokens: the loss ignores the others.
-        student_masked_logits = self.patch_head(self.student)(student_out["x_norm_patchtokens"][batch.masks])
+        # The patch head runs only on masked tokens: the loss ignores the others. Gathered by index
+        # (made in the loader): boolean indexing would sync the host with the device.
+        indices = batch.mask_indices
+        assert indices is not None  # derived from masks by MultiCropBatch
+        student_masked_logits = self.patch_head(self.student)(
+            gather_masked(student_out["x_norm_patchtokens"], indices)
+        )
 
         cls_loss = self.dino_loss(list(student_cls_logits), list(teacher_cls_probs))
         patch_loss = self.patch_loss.forward_masked(
-            student_masked_logits, teacher_patch_probs[batch.masks], batch.masks
+            student_masked_logits, gather_masked(teacher_patch_probs, indices), batch.masks, indices
         )
         loss = self.cls_weight * cls_loss + self.patch_weight * patch_loss
         self.cls_centering.update(teacher_cls_logits)

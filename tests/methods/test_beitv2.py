@@ -117,15 +117,15 @@ def test_one_classifier_serves_both_losses():
     g = torch.Generator().manual_seed(2)
     tokens, head_tokens = torch.randn(2, 16, 24, generator=g), torch.randn(2, 16, 24, generator=g)
     targets = torch.randint(0, 8, (2, 16), generator=g)
-    masks = _batch().masks
+    indices = _batch().mask_indices  # the loader's (M,) masked positions
     grads = []
     for pick in (0, 1):  # L_MIM alone, then L_MIM_C alone
         model.zero_grad()
-        model.mim_losses(tokens, head_tokens, targets, masks)[pick].backward()
+        model.mim_losses(tokens, head_tokens, targets, indices)[pick].backward()
         grads.append(classifier.weight.grad.clone())
     assert all(grad.abs().sum() > 0 for grad in grads) and not torch.allclose(grads[0], grads[1])
     model.zero_grad()
-    mim, mim_cls, _ = model.mim_losses(tokens, head_tokens, targets, masks)
+    mim, mim_cls, _ = model.mim_losses(tokens, head_tokens, targets, indices)
     (mim + mim_cls).backward()
     assert torch.allclose(classifier.weight.grad, grads[0] + grads[1], atol=1e-6)
 
@@ -134,7 +134,7 @@ def test_one_classifier_serves_both_losses():
         classifier.weight.zero_()
         classifier.bias.zero_()
         classifier.bias[3] = 2.0
-    mim, mim_cls, _ = model.mim_losses(tokens, head_tokens, torch.full_like(targets, 3), masks)
+    mim, mim_cls, _ = model.mim_losses(tokens, head_tokens, torch.full_like(targets, 3), indices)
     expected = math.log(1 + 7 * math.exp(-2.0))  # -log(e^2 / (e^2 + 7))
     assert mim.item() == pytest.approx(expected, rel=1e-5) and mim_cls.item() == pytest.approx(
         expected, rel=1e-5
@@ -147,18 +147,19 @@ def test_unmasked_positions_change_neither_loss():
     tokens, head_tokens = torch.randn(2, 16, 24, generator=g), torch.randn(2, 16, 24, generator=g)
     targets = torch.randint(0, 8, (2, 16), generator=g)
     masks = _batch().masks
-    before = model.mim_losses(tokens, head_tokens, targets, masks)[:2]
+    indices = _batch().mask_indices  # the loader's (M,) masked positions
+    before = model.mim_losses(tokens, head_tokens, targets, indices)[:2]
 
     keep = ~masks
     tokens2, head2, targets2 = tokens.clone(), head_tokens.clone(), targets.clone()
     tokens2[keep] = torch.randn(int(keep.sum()), 24, generator=g) * 5
     head2[keep] = torch.randn(int(keep.sum()), 24, generator=g) * 5
     targets2[keep] = (targets[keep] + 1) % 8
-    after = model.mim_losses(tokens2, head2, targets2, masks)[:2]
+    after = model.mim_losses(tokens2, head2, targets2, indices)[:2]
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
 
     targets2[0, 0] = (targets[0, 0] + 1) % 8  # a masked position: both losses move
-    moved = model.mim_losses(tokens2, head2, targets2, masks)[:2]
+    moved = model.mim_losses(tokens2, head2, targets2, indices)[:2]
     assert moved[0] != before[0] and moved[1] != before[1]
 
 

@@ -82,4 +82,5 @@ def crop_sources(batch: CropSourceBatch) -> MultiCropBatch:
         labels=batch.labels,
         masks=batch.masks,
         num_skipped=batch.num_skipped,
+        mask_indices=batch.mask_indices,
     )

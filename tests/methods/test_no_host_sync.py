@@ -1,0 +1,123 @@
+"""The training step calls no op that makes the host wait for the device.
+
+On a GPU, ``.item()`` / ``bool(tensor)``, boolean-mask indexing, ``nonzero``, ``unique`` and their kin
+must copy a value back before Python can go on, which stalls the queue of kernels every step. Their
+aten ops are the same on the CPU, so a dispatch mode can catch them here: it watches the step (forward,
+backward, schedules, last-layer freeze, clipping, EMA update) but not the optimizer's own ``step()``,
+whose CPU step counters are host tensors on a GPU too.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds `benchmarks`
+
+from benchmarks.build import RunSpec, build_method, compose_cfg, synthetic_batch
+from benchmarks.timing import attach_trainer, forward_backward, set_global_step
+from sslvit.backbones import MaskedViT
+from sslvit.data.batch import MaskedImageBatch
+from sslvit.methods import BEiT, BEiTv2, OptimConfig
+from sslvit.tokenizers import DVAE
+
+# Ops whose output size or value the host needs from the device.
+SYNCING = {
+    "aten::_local_scalar_dense",  # .item(), float(t), bool(t), int(t)
+    "aten::nonzero",
+    "aten::masked_select",
+    "aten::is_nonzero",
+    "aten::equal",
+    "aten::_unique",
+    "aten::_unique2",
+    "aten::unique_dim",
+    "aten::unique_consecutive",
+    "aten::repeat_interleave",
+}
+
+
+class SyncWatch(TorchDispatchMode):
+    """Records every syncing op, including boolean-mask indexing (``aten::index`` with a bool index)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = func._schema.name
+        bool_index = name == "aten::index" and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else [])
+        )
+        if name in SYNCING or bool_index:
+            self.seen.append(name + (" (bool mask)" if bool_index else ""))
+        return func(*args, **(kwargs or {}))
+
+
+def watched_step(method: Any, trainer: Any, batch: Any, step: int) -> list[str]:
+    """One optimizer step in Lightning's order; returns the syncing ops seen outside ``optimizer.step``."""
+    optimizer = method.configure_optimizers()
+    set_global_step(trainer, step)
+    watch = SyncWatch()
+    with watch:
+        values = method.apply_schedules(optimizer, step)
+        method.optimizer_zero_grad(0, step, optimizer)
+        forward_backward(method, trainer, batch, step)
+        method.on_before_optimizer_step(optimizer)
+        method.configure_gradient_clipping(optimizer)
+    optimizer.step()
+    with watch:
+        method.after_optimizer_step(values)
+    return watch.seen
+
+
+@pytest.mark.parametrize("method", ["dino", "ibot", "dinov2"])
+def test_multicrop_steps_do_not_sync(method: str) -> None:
+    spec = RunSpec(
+        method=method, arch="vit_test", patch=8, global_size=32, local_size=16, num_local=2, batch=4,
+        precision="32", fused_adamw=False,
+        overrides=["method.out_dim=64", "method.hidden_dim=32", "method.bottleneck_dim=16"],
+    )  # fmt: skip
+    device = torch.device("cpu")
+    cfg = compose_cfg(spec, device)
+    model = build_method(cfg, device)
+    batch = synthetic_batch(cfg, device)
+    trainer = attach_trainer(model, cfg, total_steps=4)
+    assert (batch.masks is not None) == (method != "dino")
+    assert watched_step(model, trainer, batch, 1) == []
+
+
+def _mim_batch() -> MaskedImageBatch:
+    g = torch.Generator().manual_seed(1)
+    masks = torch.rand(2, 16, generator=g) < 0.4
+    return MaskedImageBatch(
+        images=torch.randn(2, 3, 16, 16, generator=g),
+        labels=torch.zeros(2, dtype=torch.long),
+        tokenizer_images=torch.rand(2, 3, 16, 16, generator=g),
+        masks=masks,
+    )
+
+
+@pytest.mark.parametrize("name", ["beit", "beitv2"])
+def test_masked_image_modelling_steps_do_not_sync(name: str) -> None:
+    torch.manual_seed(0)
+    backbone = MaskedViT(img_size=16, patch_size=4, embed_dim=24, depth=3, num_heads=2, rel_pos_bias=True)
+    tokenizer = DVAE(vocab_size=8, downsample=4, hidden_dim=4, input_kernel=3)  # 16-px view -> 4x4 ids
+    optim = OptimConfig(warmup_epochs=0, batch_size_per_device=2)
+    model = BEiT(backbone, optim, tokenizer) if name == "beit" else BEiTv2(backbone, optim, tokenizer)
+    cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "precision": "32-true"}})
+    trainer = attach_trainer(model, cfg, total_steps=4)
+    assert watched_step(model, trainer, _mim_batch(), 1) == []
+
+
+def test_the_watch_sees_what_it_should() -> None:
+    x, masks = torch.randn(2, 3), torch.tensor([[True, False, True], [False, False, True]])
+    with SyncWatch() as watch:
+        x[masks], x.sum().item(), torch.unique(masks)
+    assert watch.seen[0] == "aten::index (bool mask)" and "aten::_local_scalar_dense" in watch.seen
+    assert len(watch.seen) == 3
