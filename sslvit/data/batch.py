@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 
 from sslvit.utils.masked_tokens import true_indices
 
+_Batch = TypeVar("_Batch")
+
+
+def _pinned(batch: _Batch) -> _Batch:
+    """A copy of a batch dataclass with every tensor, and every list of tensors, in pinned memory."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(batch):  # type: ignore[arg-type]
+        value = getattr(batch, field.name)
+        if isinstance(value, torch.Tensor):
+            value = value.pin_memory()
+        elif isinstance(value, list):
+            value = [x.pin_memory() for x in value]
+        values[field.name] = value
+    return type(batch)(**values)
+
+
+class _DerivesMaskIndices:
+    """``mask_indices`` from ``masks`` when a batch is built without them (see :class:`MultiCropBatch`)."""
+
+    masks: torch.Tensor | None
+    mask_indices: torch.Tensor | None
+
+    def __post_init__(self) -> None:
+        if self.masks is not None and self.mask_indices is None:
+            self.mask_indices = true_indices(self.masks)
+
 
 @dataclass
-class MultiCropBatch:
+class MultiCropBatch(_DerivesMaskIndices):
     """Crops of the same images, as produced by a multi-crop transform and collated.
 
     Attributes:
@@ -33,10 +61,6 @@ class MultiCropBatch:
     num_skipped: int = 0
     mask_indices: torch.Tensor | None = None
 
-    def __post_init__(self) -> None:
-        if self.masks is not None and self.mask_indices is None:
-            self.mask_indices = true_indices(self.masks)
-
     @property
     def batch_size(self) -> int:
         return self.global_crops[0].shape[0]
@@ -47,18 +71,11 @@ class MultiCropBatch:
 
     def pin_memory(self) -> MultiCropBatch:
         """Called by ``DataLoader(pin_memory=True)`` so host-to-GPU copies can run asynchronously."""
-        return MultiCropBatch(
-            global_crops=[x.pin_memory() for x in self.global_crops],
-            local_crops=[x.pin_memory() for x in self.local_crops],
-            labels=self.labels.pin_memory(),
-            masks=None if self.masks is None else self.masks.pin_memory(),
-            num_skipped=self.num_skipped,
-            mask_indices=None if self.mask_indices is None else self.mask_indices.pin_memory(),
-        )
+        return _pinned(self)
 
 
 @dataclass
-class MaskedImageBatch:
+class MaskedImageBatch(_DerivesMaskIndices):
     """One view per image, optionally with a tokenizer view of the same crop and patch masks.
 
     What masked image modelling with a tokenizer needs (BEiT, Bao et al., 2022): the backbone's view,
@@ -82,10 +99,6 @@ class MaskedImageBatch:
     num_skipped: int = 0
     mask_indices: torch.Tensor | None = None
 
-    def __post_init__(self) -> None:
-        if self.masks is not None and self.mask_indices is None:
-            self.mask_indices = true_indices(self.masks)
-
     @property
     def batch_size(self) -> int:
         return self.images.shape[0]
@@ -97,18 +110,11 @@ class MaskedImageBatch:
 
     def pin_memory(self) -> MaskedImageBatch:
         """Called by ``DataLoader(pin_memory=True)`` so host-to-GPU copies can run asynchronously."""
-        return MaskedImageBatch(
-            images=self.images.pin_memory(),
-            labels=self.labels.pin_memory(),
-            tokenizer_images=None if self.tokenizer_images is None else self.tokenizer_images.pin_memory(),
-            masks=None if self.masks is None else self.masks.pin_memory(),
-            num_skipped=self.num_skipped,
-            mask_indices=None if self.mask_indices is None else self.mask_indices.pin_memory(),
-        )
+        return _pinned(self)
 
 
 @dataclass
-class CropSourceBatch:
+class CropSourceBatch(_DerivesMaskIndices):
     """Whole images and the multi-crop boxes to cut from them on the device (``crops_on_device``).
 
     ``sslvit.data.transforms.device_crops.crop_sources`` turns it into the :class:`MultiCropBatch` of uint8
@@ -135,26 +141,10 @@ class CropSourceBatch:
     num_skipped: int = 0
     mask_indices: torch.Tensor | None = None
 
-    def __post_init__(self) -> None:
-        if self.masks is not None and self.mask_indices is None:
-            self.mask_indices = true_indices(self.masks)
-
     @property
     def batch_size(self) -> int:
         return self.images.shape[0]
 
     def pin_memory(self) -> CropSourceBatch:
         """Called by ``DataLoader(pin_memory=True)`` so host-to-GPU copies can run asynchronously."""
-        pinned = {
-            name: getattr(self, name).pin_memory()
-            for name in ("images", "global_boxes", "local_boxes", "global_flips", "local_flips", "labels")
-        }
-        masks = None if self.masks is None else self.masks.pin_memory()
-        return CropSourceBatch(
-            **pinned,
-            global_size=self.global_size,
-            local_size=self.local_size,
-            masks=masks,
-            num_skipped=self.num_skipped,
-            mask_indices=None if self.mask_indices is None else self.mask_indices.pin_memory(),
-        )
+        return _pinned(self)
