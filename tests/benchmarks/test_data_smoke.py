@@ -29,3 +29,26 @@ def test_data_benchmark_reports_rows_and_the_device_stage(tmp_path, on_device):
         assert report["device_stage"]["ms_per_batch"] > 0 and report["device_stage"]["device"] == "cpu"
     else:
         assert report["device_stage"] is None
+
+
+def test_device_check_script_writes_every_json(tmp_path):
+    """benchmarks/device_check.sh is what a GPU session runs in one go: keep it working (tiny settings)."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # python3 = this venv
+        "STEP_ARGS": "--method dino --arch vit_test --patch 8 --global-size 32 --local-size 16 --num-local 2 "
+        "--batch 4 --warmup 0 --steps 1 --precision 32 --device cpu",
+        "DATA_ARGS": "--batch 4 --patch 8 --global-size 32 --local-size 16 --num-local 2",
+        "N_JPEGS": "8",
+        "WORKERS": "0",
+    }
+    subprocess.run(["bash", "benchmarks/device_check.sh", str(tmp_path)], cwd=root, env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    names = ["step.json", "data.json", "data_photometric.json", "data_crops.json"]
+    reports = {name: json.loads((tmp_path / name).read_text()) for name in names}
+    assert reports["step.json"]["rows"][0]["img_per_s"] > 0
+    assert reports["data_crops.json"]["crops_on_device"] and reports["data_crops.json"]["device_stage"]
