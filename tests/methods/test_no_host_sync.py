@@ -76,12 +76,25 @@ def watched_step(method: Any, trainer: Any, batch: Any, step: int) -> list[str]:
     return watch.seen
 
 
-@pytest.mark.parametrize("method", ["dino", "ibot", "dinov2"])
-def test_multicrop_steps_do_not_sync(method: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "switches"),
+    [
+        ("dino", []),
+        ("ibot", []),
+        ("dinov2", []),
+        # Packed crops and stochastic depth on the kept samples draw their subsets on the device too.
+        ("dinov2", ["backbone.pack_crops=true", "backbone.drop_path_rate=0.3"]),
+        (
+            "dino",
+            ["backbone.pack_crops=true", "backbone.drop_path_rate=0.3", "backbone.drop_path_subset=false"],
+        ),
+    ],
+)
+def test_multicrop_steps_do_not_sync(method: str, switches: list[str]) -> None:
     spec = RunSpec(
         method=method, arch="vit_test", patch=8, global_size=32, local_size=16, num_local=2, batch=4,
         precision="32", fused_adamw=False,
-        overrides=["method.out_dim=64", "method.hidden_dim=32", "method.bottleneck_dim=16"],
+        overrides=["method.out_dim=64", "method.hidden_dim=32", "method.bottleneck_dim=16", *switches],
     )  # fmt: skip
     device = torch.device("cpu")
     cfg = compose_cfg(spec, device)
