@@ -126,6 +126,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.data", description=__doc__.splitlines()[0])
     p.add_argument("--folder", type=Path, default=None, help="JPEG folder (any layout, no labels needed)")
     p.add_argument("--synthetic", type=int, default=0, metavar="N", help="first write N random JPEGs")
+    p.add_argument("--synthetic-size", default="500x375", metavar="WxH", help="their size (ImageNet-like)")
     p.add_argument("--workers", default="1,2,4,8", help="comma-separated DataLoader worker counts")
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--batch", type=int, default=128)
@@ -154,18 +155,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         workers = [int(w) for w in args.workers.split(",")]
     except ValueError:
         raise SystemExit(f"--workers must be comma-separated integers, got {args.workers!r}") from None
+    parts = args.synthetic_size.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise SystemExit(f"--synthetic-size must be WxH, got {args.synthetic_size!r}")
+    size = (int(parts[0]), int(parts[1]))
     if args.folder is None and not args.synthetic:
         raise SystemExit("give --folder <jpeg dir>, --synthetic N, or both (N JPEGs written into --folder)")
     with tempfile.TemporaryDirectory(prefix="sslvit_bench_jpegs_") as tmp:
         folder = args.folder or Path(tmp)
         if args.synthetic:
-            write_synthetic_jpegs(folder, args.synthetic)
+            write_synthetic_jpegs(folder, args.synthetic, size)
         datamodule = build_datamodule(args, folder)
         rows = [time_loader(datamodule, w, args.batches) for w in workers]
         on_device = args.photometric_on_device or args.crops_on_device
         device_stage = time_device_stage(datamodule) if on_device else None
     report = {
-        "folder": str(args.folder) if args.folder else f"{args.synthetic} synthetic JPEGs",
+        "folder": str(args.folder)
+        if args.folder
+        else f"{args.synthetic} synthetic {args.synthetic_size} JPEGs",
         "images_in_folder": len(datamodule.train_set),
         "batch": args.batch,
         "method": args.method,

@@ -7,6 +7,7 @@ dataset can catch the error and skip the sample, rather than later inside a tran
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -26,8 +27,13 @@ class UnreadableImageError(OSError):
         super().__init__(f"cannot read image {self.path}: {reason}")
 
 
-def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+def load_rgb(path: str | os.PathLike[str], max_side: int | None = None) -> Image.Image:
     """Open ``path``, decode all of its pixels and return an 8-bit RGB image.
+
+    With ``max_side``, a JPEG whose long side exceeds it is decoded at the smallest of 1/2, 1/4 or 1/8
+    scale that keeps the long side at least ``max_side`` (the decoder's DCT scaling, Pillow's ``draft``):
+    a 12 MP photo then decodes several times faster. For callers that shrink the image to ``max_side``
+    anyway (``crops_on_device``); other formats decode in full.
 
     Conversions:
         * ``L`` / ``1`` / ``CMYK`` / ``YCbCr`` / ...: Pillow's ``convert("RGB")``.
@@ -52,6 +58,9 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
         with img:
+            if max_side is not None and img.format == "JPEG" and max(img.size) > max_side:
+                shrink = max_side / max(img.size)
+                img.draft("RGB", (math.ceil(img.width * shrink), math.ceil(img.height * shrink)))
             # Decode everything now: Image.open is lazy and a truncated file would otherwise only
             # fail when a transform first touches the pixels.
             img.load()

@@ -52,3 +52,14 @@ def test_device_check_script_writes_every_json(tmp_path):
     reports = {name: json.loads((tmp_path / name).read_text()) for name in names}
     assert reports["step.json"]["rows"][0]["img_per_s"] > 0
     assert reports["data_crops.json"]["crops_on_device"] and reports["data_crops.json"]["device_stage"]
+
+
+def test_synthetic_size_is_used_and_checked(tmp_path):
+    from PIL import Image
+
+    report = data_bench.main([*SMALL, "--synthetic-size", "96x64", "--folder", str(tmp_path)])
+    assert report["images_in_folder"] == 8
+
+    assert {Image.open(p).size for p in tmp_path.glob("*.jpg")} == {(96, 64)}
+    with pytest.raises(SystemExit, match="WxH"):
+        data_bench.main([*SMALL, "--synthetic-size", "96by64"])

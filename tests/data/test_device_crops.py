@@ -139,3 +139,14 @@ def test_transform_switch_and_the_device_stage_make_the_usual_batch() -> None:
     globals_, locals_ = transform.device_stage(crops.global_crops, crops.local_crops)
     assert all(c.dtype == torch.float32 and c.abs().max() < 5 for c in globals_ + locals_)  # normalised
     assert not hasattr(MultiCropTransform(32, 16, 3), "collate_fn")  # default: the usual collate
+
+
+def test_datamodule_lets_the_jpeg_decoder_shrink_for_device_crops(tmp_path) -> None:
+    from sslvit.data import ImageFolderDataset, SSLDataModule
+
+    photo(40, 50, 0).save(tmp_path / "a.jpg")
+    for crops_on_device, expected in ((True, 64), (False, None)):
+        folder = ImageFolderDataset(tmp_path, labelled=False)
+        transform = MultiCropTransform(32, 16, 2, crops_on_device=crops_on_device, max_side=64)
+        SSLDataModule(train_set=folder, transform=transform, batch_size=1, num_workers=0, patch_size=8)
+        assert folder.decode_max_side == expected

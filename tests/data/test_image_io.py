@@ -89,3 +89,29 @@ def test_not_an_image_and_missing_file(tmp_path):
         load_rgb(tmp_path / "x.jpg")
     with pytest.raises(UnreadableImageError, match=r"missing\.png"):
         load_rgb(tmp_path / "missing.png")
+
+
+def _photo(path, size):
+    """A smooth colour field (as photos are, so the reduced-scale decode can be compared pixel-wise)."""
+    coarse = Image.fromarray(np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8))
+    coarse.resize(size, Image.Resampling.BICUBIC).save(path, quality=95)
+    return path
+
+
+def test_max_side_decodes_large_jpegs_at_a_reduced_scale(tmp_path):
+    path = _photo(tmp_path / "big.jpg", (1600, 1200))
+    full, reduced = load_rgb(path), load_rgb(path, max_side=512)
+    assert full.size == (1600, 1200)
+    assert reduced.size == (800, 600)  # 1/2 scale: 1/4 would leave the long side (400) under 512
+    assert load_rgb(path, max_side=300).size == (400, 300)  # 1/4 scale: the long side stays >= 300
+    # The same picture: compare with the full decode shrunk to the same size.
+    shrunk = np.asarray(full.resize(reduced.size, Image.Resampling.BICUBIC), dtype=np.float64)
+    assert np.abs(np.asarray(reduced, dtype=np.float64) - shrunk).mean() < 2.0
+
+
+def test_max_side_leaves_small_jpegs_and_other_formats_alone(tmp_path):
+    small = _photo(tmp_path / "small.jpg", (400, 300))
+    assert load_rgb(small, max_side=512).size == (400, 300)
+    png = tmp_path / "big.png"
+    Image.open(_photo(tmp_path / "tmp.jpg", (1600, 1200))).save(png)
+    assert load_rgb(png, max_side=512).size == (1600, 1200)

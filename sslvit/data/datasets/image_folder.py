@@ -31,6 +31,9 @@ class ImageFolderDataset:
         on_bad_image: ``"skip"`` (default: skip and count zero-byte and undecodable files, as above) or
             ``"fail"`` (raise on the first one, naming it: for curated data sets, where a bad file
             means a broken copy).
+        decode_max_side: decode JPEGs at a reduced scale whose long side is still at least this
+            (:func:`~sslvit.data.image_io.load_rgb`); None decodes in full. The DataModule sets it when
+            the transform shrinks every image to a long side anyway (``crops_on_device``).
 
     Raises:
         FileNotFoundError: ``root`` does not exist or is not a directory.
@@ -40,13 +43,18 @@ class ImageFolderDataset:
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], labelled: bool = True, on_bad_image: str = "skip"
+        self,
+        root: str | os.PathLike[str],
+        labelled: bool = True,
+        on_bad_image: str = "skip",
+        decode_max_side: int | None = None,
     ) -> None:
         if on_bad_image not in ("skip", "fail"):
             raise ValueError(f"on_bad_image must be 'skip' or 'fail', got {on_bad_image!r}")
         self.root = Path(root).expanduser()
         self.labelled = labelled
         self.on_bad_image = on_bad_image
+        self.decode_max_side = decode_max_side
         if not self.root.is_dir():
             what = "is not a directory" if self.root.exists() else "does not exist"
             raise FileNotFoundError(f"image folder {self.root} {what}")
@@ -98,7 +106,7 @@ class ImageFolderDataset:
     def __getitem__(self, index: int) -> tuple[Image.Image, int] | None:
         path, label = self.samples[index]
         try:
-            return load_rgb(path), label
+            return load_rgb(path, self.decode_max_side), label
         except UnreadableImageError as exc:
             if self.on_bad_image == "fail":
                 raise UnreadableImageError(

@@ -2,8 +2,9 @@
 
 Cutting and resampling the ten crops of an image is most of the CPU cost of the multi-crop recipe (README,
 *Benchmarks*). Here a worker keeps the decoded image whole (its long side capped, so a batch of phone
-photos stays a few hundred MB), draws every view's ``RandomResizedCrop`` box and flip exactly as
-torchvision does on that image, and the crops are cut on the device
+photos stays a few hundred MB; the folder dataset already decodes large JPEGs at a reduced scale for
+it), draws every view's ``RandomResizedCrop`` box and flip exactly as torchvision does on that image,
+and the crops are cut on the device
 (:func:`~sslvit.data.transforms.device_crops.crop_sources`).
 """
 
