@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Attention
+from timm.layers import Attention, drop_path
 from timm.models.vision_transformer import Block
 from torch import Tensor
 
-from sslvit.backbones.subset_drop_path import SubsetDropPathBlock
+from sslvit.backbones.subset_drop_path import SubsetDropPathBlock, kept_count
 
 Branch = Callable[[Tensor, "PackLayout"], Tensor]
 
@@ -60,7 +60,7 @@ class PackLayout:
         indices, scales, shapes = [], [], []
         offset = 0
         for b, n in self.shapes:
-            kept = max(1, round(b * (1.0 - drop_prob)))
+            kept = kept_count(b, drop_prob)
             rows = torch.randperm(b, device=device)[:kept]
             tokens = offset + rows[:, None] * n + torch.arange(n, device=device)
             indices.append(tokens.flatten())
@@ -71,13 +71,11 @@ class PackLayout:
 
     def sample_mask(self, drop_prob: float, scale_by_keep: bool, like: Tensor) -> Tensor:
         """timm's ``DropPath`` draw, one Bernoulli per sequence, repeated over its tokens: ``(tokens, 1)``."""
-        keep_prob = 1.0 - drop_prob
         masks = []
         for b, n in self.shapes:
-            keep = like.new_empty(b, 1).bernoulli_(keep_prob)
+            keep = drop_path(like.new_ones(b, 1), drop_prob, training=True, scale_by_keep=scale_by_keep)
             masks.append(keep.repeat_interleave(n, dim=0))
-        mask = torch.cat(masks)
-        return mask.div_(keep_prob) if scale_by_keep and keep_prob > 0.0 else mask
+        return torch.cat(masks)
 
 
 def packed_attention(attn: Attention, x: Tensor, layout: PackLayout) -> Tensor:
@@ -100,16 +98,16 @@ def packed_attention(attn: Attention, x: Tensor, layout: PackLayout) -> Tensor:
 
 
 def _packed_residual(
-    x: Tensor, branch: Branch, layout: PackLayout, drop_path: object, subset: bool
+    x: Tensor, branch: Branch, layout: PackLayout, drop_module: object, subset: bool
 ) -> Tensor:
     """``x + branch(x)`` with stochastic depth per sequence, skipping dropped ones when ``subset``."""
-    drop_prob = float(getattr(drop_path, "drop_prob", 0.0))
-    if drop_prob <= 0.0 or not getattr(drop_path, "training", False):
+    drop_prob = float(getattr(drop_module, "drop_prob", 0.0))
+    if drop_prob <= 0.0 or not getattr(drop_module, "training", False):
         return x + branch(x, layout)
     if subset:
         index, scale, kept = layout.keep_subset(drop_prob, x.device)
         return x.index_add(0, index, (branch(x[index], kept) * scale).to(x.dtype))
-    keep = layout.sample_mask(drop_prob, bool(getattr(drop_path, "scale_by_keep", True)), x)
+    keep = layout.sample_mask(drop_prob, bool(getattr(drop_module, "scale_by_keep", True)), x)
     return x + branch(x, layout) * keep
 
 

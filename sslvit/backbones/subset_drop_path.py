@@ -9,6 +9,11 @@ from timm.models.vision_transformer import Block
 from torch import Tensor
 
 
+def kept_count(batch: int, drop_prob: float) -> int:
+    """How many of ``batch`` samples a branch runs on: ``round(batch * (1 - drop_prob))``, at least one."""
+    return max(1, round(batch * (1.0 - drop_prob)))
+
+
 def subset_residual(x: Tensor, branch: Callable[[Tensor], Tensor], drop_prob: float) -> Tensor:
     """``x + branch(x)`` with the branch computed on a random ``(1 - drop_prob)`` share of the batch only.
 
@@ -21,7 +26,7 @@ def subset_residual(x: Tensor, branch: Callable[[Tensor], Tensor], drop_prob: fl
     keeps shapes static for ``torch.compile``. A batch of one keeps its sample.
     """
     batch = x.shape[0]
-    kept = max(1, round(batch * (1.0 - drop_prob)))
+    kept = kept_count(batch, drop_prob)
     index = torch.randperm(batch, device=x.device)[:kept]
     residual = branch(x[index])
     return torch.index_add(x, 0, index, residual.to(x.dtype), alpha=batch / kept)

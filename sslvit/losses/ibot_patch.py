@@ -48,5 +48,7 @@ class IBOTPatchLoss(nn.Module):
         per_token = per_token.sum(dim=-1)  # (M,)
         masked_per_image = masks.sum(dim=1, keepdim=True).clamp_min(1)  # (B, 1)
         indices = true_indices(masks) if mask_indices is None else mask_indices
-        weights = gather_masked(1.0 / masked_per_image.expand_as(masks)[..., None], indices)[:, 0]  # (M,)
+        weights = gather_masked(
+            (1.0 / masked_per_image).expand_as(masks), indices
+        )  # (M,): 1 / its image's M_b
         return (per_token * weights).sum() / masks.shape[0]

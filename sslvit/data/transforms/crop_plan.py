@@ -67,7 +67,7 @@ class CropPlan:
             top, left, height, width = T.RandomResizedCrop.get_params(image, list(scale), list(_RATIO))
             boxes.append((left, top, width, height))
         flips = torch.rand(len(self.scales)) < self.flip_p
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # one writable copy
         return pixels, torch.tensor(boxes, dtype=torch.float32).view(-1, 4), flips
 
     def collate(
