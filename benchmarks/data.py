@@ -170,9 +170,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         on_device = args.photometric_on_device or args.crops_on_device
         device_stage = time_device_stage(datamodule) if on_device else None
     report = {
-        "folder": str(args.folder)
-        if args.folder
-        else f"{args.synthetic} synthetic {args.synthetic_size} JPEGs",
+        "folder": f"{args.synthetic} synthetic {args.synthetic_size} JPEGs"
+        if args.synthetic
+        else str(args.folder),
         "images_in_folder": len(datamodule.train_set),
         "batch": args.batch,
         "method": args.method,

@@ -18,3 +18,5 @@ trap 'rm -rf "$jpegs"' EXIT
 python3 -m benchmarks.data --synthetic "${N_JPEGS:-2048}" --folder "$jpegs" "${data_args[@]}" --json "$out/data.json"
 python3 -m benchmarks.data --folder "$jpegs" "${data_args[@]}" --photometric-on-device --json "$out/data_photometric.json"
 python3 -m benchmarks.data --folder "$jpegs" "${data_args[@]}" --crops-on-device --json "$out/data_crops.json"
+# The README's tables from what was written (python -m benchmarks.report OUT_DIR --readme README.md fills them).
+python3 -m benchmarks.report "$out" | tee "$out/report.md"

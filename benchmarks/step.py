@@ -143,24 +143,30 @@ def run_one(spec: RunSpec, device: torch.device, seed: int = 0, flops_only: bool
 def suite_specs(name: str, template: RunSpec) -> list[RunSpec]:
     """``table``: DINO, iBOT, DINOv2 x ViT-S, ViT-B, baseline and optimised (12 rows);
     ``switches``: DINOv2 ViT-S from the baseline with one switch changed per row (+ DINO's grouping, and
-    DINOv2 ViT-B with drop path 0.3 computed on every sample or on the kept ones only)."""
-    specs: list[RunSpec] = []
+    DINOv2 ViT-B with drop path 0.3 computed on every sample or on the kept ones only);
+    ``all``: both, plus the three target rows optimised with packed crops (which decide that default).
+
+    Most wanted first, in case --budget-s cuts the run: the three rows with a target (DINOv2 ViT-B,
+    DINOv2 ViT-S, DINO ViT-S) optimised, then their baselines, then (``all``) their packed variants, then
+    the other three pairs, then the switches."""
     patch = template.patch
+    targets = [("dinov2", "vit_base"), ("dinov2", "vit_small"), ("dino", "vit_small")]
+    others = [("dino", "vit_base"), ("ibot", "vit_small"), ("ibot", "vit_base")]
+
+    def row(method: str, arch: str, setting: str, **changes: Any) -> RunSpec:
+        fused, compiled = OPTIMISED if setting.startswith("optimised") else BASELINE
+        label = f"{method} {ARCH_NAMES[arch]}/{patch} {setting}"
+        return dataclasses.replace(
+            template, method=method, arch=arch, label=label, fused_adamw=fused, compile=compiled, **changes
+        )
+
+    specs: list[RunSpec] = []
     if name in ("table", "all"):
-        for method in ("dinov2", "dino", "ibot"):  # most wanted first, in case --budget-s cuts the run
-            for arch in ("vit_small", "vit_base"):
-                for setting, (fused, compiled) in (("baseline", BASELINE), ("optimised", OPTIMISED)):
-                    label = f"{method} {ARCH_NAMES[arch]}/{patch} {setting}"
-                    specs.append(
-                        dataclasses.replace(
-                            template,
-                            method=method,
-                            arch=arch,
-                            label=label,
-                            fused_adamw=fused,
-                            compile=compiled,
-                        )
-                    )
+        specs += [row(m, a, s) for s in ("optimised", "baseline") for m, a in targets]
+    if name == "all":
+        specs += [row(m, a, "optimised, packed crops", pack_crops=True) for m, a in targets]
+    if name in ("table", "all"):
+        specs += [row(m, a, s) for m, a in others for s in ("optimised", "baseline")]
     if name in ("switches", "all"):
         fused, compiled = BASELINE
         base = dataclasses.replace(

@@ -61,3 +61,16 @@ def test_suite_lists_the_readme_table() -> None:
     # every (method, arch) once eager with torch's AdamW, once compiled with the fused one
     assert sorted((s.fused_adamw, s.compile) for s in specs) == [(False, False)] * 6 + [(True, True)] * 6
     assert all(s.precision == "bf16-mixed" and s.sdpa and s.batch == 128 for s in specs)
+    # a run cut short by --budget-s still has the rows with a target, optimised before baseline
+    assert [s.label for s in specs[:3]] == [
+        "dinov2 ViT-B/14 optimised", "dinov2 ViT-S/14 optimised", "dino ViT-S/14 optimised"
+    ]  # fmt: skip
+
+
+def test_suite_all_times_the_target_rows_packed_before_the_rest() -> None:
+    specs = step.suite_specs("all", step.RunSpec())
+    packed = specs[6:9]
+    assert [(s.method, s.arch) for s in packed] == [(s.method, s.arch) for s in specs[:3]]
+    assert all(s.pack_crops and s.compile and s.fused_adamw for s in packed)
+    assert not any(s.pack_crops for s in specs[:6])
+    assert len({s.label for s in specs}) == len(specs)  # no row timed twice
