@@ -2,7 +2,7 @@
 
 Multi-crop students see groups of sequences of different lengths (e.g. 2B global crops of 257 tokens and
 8B local crops of 50). Run one pass per group and every linear layer is launched once per group on a
-smaller matrix; pack them and the token-wise work (norms, qkv, projection, MLP, residuals) runs once on
+smaller matrix; pack them and the token-wise work (norms, qkv, MLP, residuals) runs once on
 all tokens, as in DINOv2's official code. Attention must still stay within each sequence: a
 block-diagonal mask over the packed sequence. Because every group holds sequences of one length, that
 mask is exactly one dense batched attention per group, so each group's slice of the packed q, k, v goes
@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from timm.layers import Attention, drop_path
 from timm.models.vision_transformer import Block
-from torch import Tensor
+from torch import Tensor, nn
 
-from sslvit.backbones.subset_drop_path import SubsetDropPathBlock, kept_count
+from sslvit.backbones.subset_drop_path import SubsetDropPathBlock, add_rows, kept_count
 
 Branch = Callable[[Tensor, "PackLayout"], Tensor]
 
@@ -79,7 +79,8 @@ class PackLayout:
 
 
 def packed_attention(attn: Attention, x: Tensor, layout: PackLayout) -> Tensor:
-    """timm's ``Attention`` over packed tokens: one qkv and one output projection, attention per group."""
+    """timm's ``Attention`` over packed tokens: qkv on all tokens at once, attention and output projection
+    per group."""
     if getattr(attn, "gate", None) is not None:
         raise ValueError("packed attention does not support timm's gated attention")
     heads, head_dim = attn.num_heads, attn.head_dim
@@ -93,33 +94,36 @@ def packed_attention(attn: Attention, x: Tensor, layout: PackLayout) -> Tensor:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         else:  # timm's explicit path, for comparison runs
             y = attn.attn_drop((q * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
-        outputs.append(y.transpose(1, 2).reshape(b * n, attn.attn_dim))
-    return attn.proj_drop(attn.proj(attn.norm(torch.cat(outputs))))
+        # Projected per group: the projection keeps its input for backward, and a group's attention
+        # output is already a view of SDPA's (kept) result, whereas a concatenation would be a new copy.
+        outputs.append(attn.proj(attn.norm(y.transpose(1, 2).reshape(b * n, attn.attn_dim))))
+    return attn.proj_drop(torch.cat(outputs))
 
 
 def _packed_residual(
-    x: Tensor, branch: Branch, layout: PackLayout, drop_module: object, subset: bool
+    x: Tensor, norm: nn.Module, branch: Branch, layout: PackLayout, drop_module: object, subset: bool
 ) -> Tensor:
-    """``x + branch(x)`` with stochastic depth per sequence, skipping dropped ones when ``subset``."""
+    """``x + branch(norm(x))`` with stochastic depth per sequence, skipping dropped ones when ``subset``
+    (normalised before the kept tokens are gathered, as in ``subset_residual``)."""
     drop_prob = float(getattr(drop_module, "drop_prob", 0.0))
     if drop_prob <= 0.0 or not getattr(drop_module, "training", False):
-        return x + branch(x, layout)
+        return x + branch(norm(x), layout)
     if subset:
         index, scale, kept = layout.keep_subset(drop_prob, x.device)
-        return x.index_add(0, index, (branch(x[index], kept) * scale).to(x.dtype))
+        return add_rows(x, index, branch(norm(x)[index], kept), scale)
     keep = layout.sample_mask(drop_prob, bool(getattr(drop_module, "scale_by_keep", True)), x)
-    return x + branch(x, layout) * keep
+    return x + branch(norm(x), layout) * keep
 
 
 def packed_block(block: Block, x: Tensor, layout: PackLayout) -> Tensor:
     """One timm pre-norm ViT block on packed tokens ``(tokens, D)``; same parameters, same math."""
     subset = isinstance(block, SubsetDropPathBlock)
 
-    def attention(y: Tensor, lay: PackLayout) -> Tensor:
-        return block.ls1(packed_attention(block.attn, block.norm1(y), lay))  # type: ignore[arg-type]
+    def attention(normed: Tensor, lay: PackLayout) -> Tensor:
+        return block.ls1(packed_attention(block.attn, normed, lay))  # type: ignore[arg-type]
 
-    def mlp(y: Tensor, lay: PackLayout) -> Tensor:
-        return block.ls2(block.mlp(block.norm2(y)))
+    def mlp(normed: Tensor, lay: PackLayout) -> Tensor:
+        return block.ls2(block.mlp(normed))
 
-    x = _packed_residual(x, attention, layout, block.drop_path1, subset)
-    return _packed_residual(x, mlp, layout, block.drop_path2, subset)
+    x = _packed_residual(x, block.norm1, attention, layout, block.drop_path1, subset)
+    return _packed_residual(x, block.norm2, mlp, layout, block.drop_path2, subset)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from timm.models.vision_transformer import Block
@@ -14,8 +15,40 @@ def kept_count(batch: int, drop_prob: float) -> int:
     return max(1, round(batch * (1.0 - drop_prob)))
 
 
-def subset_residual(x: Tensor, branch: Callable[[Tensor], Tensor], drop_prob: float) -> Tensor:
-    """``x + branch(x)`` with the branch computed on a random ``(1 - drop_prob)`` share of the batch only.
+class _AddRows(torch.autograd.Function):
+    """``x.index_add(0, index, rows * scale)`` whose backward keeps only ``index`` and ``scale``.
+
+    ``torch.index_add``'s own backward keeps the whole ``source`` (it reads its shape), an fp32 copy of
+    the branch output per residual branch that would cost more memory than the skipped samples save.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, index: Tensor, rows: Tensor, scale: Tensor | float) -> Tensor:
+        ctx.rows_dtype = rows.dtype
+        ctx.scale = scale
+        ctx.save_for_backward(index)
+        if isinstance(scale, Tensor):
+            return x.index_add(0, index, rows.to(x.dtype) * scale)
+        return x.index_add(0, index, rows.to(x.dtype), alpha=scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, Tensor, None]:
+        (index,) = ctx.saved_tensors
+        return grad, None, (grad.index_select(0, index) * ctx.scale).to(ctx.rows_dtype), None
+
+
+def add_rows(x: Tensor, index: Tensor, rows: Tensor, scale: Tensor | float) -> Tensor:
+    """``x`` with ``rows * scale`` added at rows ``index`` (a float, or a tensor broadcasting to ``rows``)."""
+    return _AddRows.apply(x, index, rows, scale)
+
+
+def subset_residual(
+    x: Tensor,
+    branch: Callable[[Tensor], Tensor],
+    drop_prob: float,
+    norm: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """``x + branch(norm(x))`` with the branch computed on a random ``(1 - drop_prob)`` share of the batch.
 
     Stochastic depth (Huang et al., 2016) as timm's ``DropPath`` does it computes the residual branch for
     every sample and zeroes a random ``drop_prob`` of them, so the dropped samples cost as much as the
@@ -24,12 +57,16 @@ def subset_residual(x: Tensor, branch: Callable[[Tensor], Tensor], drop_prob: fl
     expectation over the draw is ``x + branch(x)``, as with ``DropPath``'s ``1 / (1 - p)`` (the scheme of
     DINOv2's ``drop_add_residual_stochastic_depth``). The number kept is fixed rather than binomial, which
     keeps shapes static for ``torch.compile``. A batch of one keeps its sample.
+
+    ``norm`` (the block's pre-norm, per token) runs on the whole batch *before* the kept samples are
+    gathered: it then keeps the residual stream itself for its backward, which is alive anyway, instead
+    of a gathered fp32 copy of it. Normalising first and gathering after equal gathering first.
     """
     batch = x.shape[0]
     kept = kept_count(batch, drop_prob)
     index = torch.randperm(batch, device=x.device)[:kept]
-    residual = branch(x[index])
-    return torch.index_add(x, 0, index, residual.to(x.dtype), alpha=batch / kept)
+    residual = branch((x if norm is None else norm(x))[index])
+    return add_rows(x, index, residual, batch / kept)
 
 
 class SubsetDropPathBlock(Block):
@@ -47,11 +84,11 @@ class SubsetDropPathBlock(Block):
             # A per-sample mask would have to be gathered with the kept samples; nothing here uses one.
             raise ValueError(f"per-sample attention masks are not supported, got {tuple(attn_mask.shape)}")
 
-        def attention(y: Tensor) -> Tensor:
-            return self.ls1(self.attn(self.norm1(y), attn_mask=attn_mask, is_causal=is_causal))
+        def attention(normed: Tensor) -> Tensor:
+            return self.ls1(self.attn(normed, attn_mask=attn_mask, is_causal=is_causal))
 
-        def mlp(y: Tensor) -> Tensor:
-            return self.ls2(self.mlp(self.norm2(y)))
+        def mlp(normed: Tensor) -> Tensor:
+            return self.ls2(self.mlp(normed))
 
-        x = subset_residual(x, attention, drop_prob)
-        return subset_residual(x, mlp, drop_prob)
+        x = subset_residual(x, attention, drop_prob, norm=self.norm1)
+        return subset_residual(x, mlp, drop_prob, norm=self.norm2)

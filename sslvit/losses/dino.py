@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from sslvit.losses.soft_cross_entropy import soft_cross_entropy
 
 
 class DINOLoss(nn.Module):
@@ -32,11 +33,16 @@ class DINOLoss(nn.Module):
         """
         if len(student_logits) < 2 and len(teacher_probs) < 2:
             raise ValueError("DINOLoss needs at least two views to form a cross-view pair")
-        # (S, B, K) and (T, B, K); log-softmax in fp32 for stability under bf16 autocast.
-        student_logp = F.log_softmax(torch.stack(student_logits).float() / self.student_temp, dim=-1)
-        targets = torch.stack(teacher_probs).float()
-        # (T, S): cross-entropy of every teacher view against every student view, averaged over the batch.
-        pair_ce = -torch.einsum("tbk,sbk->ts", targets, student_logp) / targets.shape[1]
-        num_teacher, num_student = pair_ce.shape
-        same_view = torch.eye(num_teacher, num_student, dtype=torch.bool, device=pair_ce.device)
-        return pair_ce.masked_fill(same_view, 0.0).sum() / (num_teacher * num_student - num_teacher)
+        # Sum over pairs = sum over student views s of CE(s, sum of the teacher views t != s), since the
+        # cross-entropy is linear in its target: one fused, chunked pass per student view and no
+        # (views, B, K) fp32 log-softmax kept for backward (soft_cross_entropy).
+        num_teacher, num_student = len(teacher_probs), len(student_logits)
+        total = student_logits[0].new_zeros((), dtype=torch.float32)
+        for s, logits in enumerate(student_logits):
+            others = [p for t, p in enumerate(teacher_probs) if t != s]
+            if not others:
+                continue
+            target = others[0].float() if len(others) == 1 else torch.stack(others).float().sum(0)
+            total = total + soft_cross_entropy(logits, target, self.student_temp).sum()
+        num_pairs = num_teacher * num_student - min(num_teacher, num_student)
+        return total / (num_pairs * student_logits[0].shape[0])

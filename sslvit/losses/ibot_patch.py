@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from sslvit.losses.soft_cross_entropy import soft_cross_entropy
 from sslvit.utils.masked_tokens import gather_masked, true_indices
 
 
@@ -44,8 +44,7 @@ class IBOTPatchLoss(nn.Module):
         ``mask_indices`` (``true_indices(masks)``, made in the loader) avoids counting the masked tokens
         on the device, a host sync.
         """
-        per_token = -(teacher_probs.float() * F.log_softmax(student_logits.float() / self.student_temp, -1))
-        per_token = per_token.sum(dim=-1)  # (M,)
+        per_token = soft_cross_entropy(student_logits, teacher_probs, self.student_temp)  # (M,), fp32
         masked_per_image = masks.sum(dim=1, keepdim=True).clamp_min(1)  # (B, 1)
         indices = true_indices(masks) if mask_indices is None else mask_indices
         weights = gather_masked(

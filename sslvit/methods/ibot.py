@@ -121,7 +121,19 @@ class IBOT(TeacherStudentModule):
             cls_temp, patch_temp = self.current_teacher_temps()
             teacher_cls_probs_all = self.cls_centering.probs(teacher_cls_logits, cls_temp)  # (G*B, K)
             teacher_cls_probs = teacher_cls_probs_all.chunk(num_global)
-            teacher_patch_probs = self.patch_centering.probs(teacher_patch_logits, patch_temp)
+            # The center moves with every patch token's logits, but targets are needed only where the
+            # student was masked: the probabilities of the (M, K') gathered rows (per-row softmax, so the
+            # same values), never of all (G*B, N, K'). The centers are updated now (the probabilities
+            # used the previous ones) so that no teacher logits stay alive through the student's pass.
+            indices = batch.mask_indices
+            assert indices is not None  # derived from masks by MultiCropBatch
+            teacher_patch_probs = self.patch_centering.probs(
+                gather_masked(teacher_patch_logits, indices), patch_temp
+            )  # (M, K')
+            self.cls_centering.update(teacher_cls_logits)
+            self.patch_centering.update(teacher_patch_logits.flatten(0, 1))
+            features = teacher_out["x_norm_clstoken"][:batch_size]
+            del teacher_out, teacher_cls_logits, teacher_patch_logits
 
         student_out, student_cls = student_crop_features(
             student_backbone, globals_, batch.masks, batch.local_crops
@@ -130,25 +142,21 @@ class IBOT(TeacherStudentModule):
         student_cls_logits = self.student["head"](student_cls).chunk(num_crops)
         # The patch head runs only on masked tokens: the loss ignores the others. Gathered by index
         # (made in the loader): boolean indexing would sync the host with the device.
-        indices = batch.mask_indices
-        assert indices is not None  # derived from masks by MultiCropBatch
         student_masked_logits = self.patch_head(self.student)(
             gather_masked(student_out["x_norm_patchtokens"], indices)
         )
 
         cls_loss = self.dino_loss(list(student_cls_logits), list(teacher_cls_probs))
         patch_loss = self.patch_loss.forward_masked(
-            student_masked_logits, gather_masked(teacher_patch_probs, indices), batch.masks, indices
+            student_masked_logits, teacher_patch_probs, batch.masks, indices
         )
         loss = self.cls_weight * cls_loss + self.patch_weight * patch_loss
-        self.cls_centering.update(teacher_cls_logits)
-        self.patch_centering.update(teacher_patch_logits.flatten(0, 1))
 
         self.log_losses(loss, {"dino": cls_loss, "ibot": patch_loss}, batch_size)
         self.log_dict({"sched/teacher_temp": cls_temp, "sched/teacher_patch_temp": patch_temp}, on_step=True)
         # teacher_probs: the CLS targets the loss saw, read by sslvit.callbacks.HealthMonitor.
         return {
             "loss": loss,
-            "features": teacher_out["x_norm_clstoken"][:batch_size].detach(),
+            "features": features,
             "teacher_probs": teacher_cls_probs_all,
         }

@@ -88,7 +88,9 @@ def test_subset_drop_path_skips_whole_sequences_per_group() -> None:
     drop_path = torch.nn.Module()
     drop_path.drop_prob = 0.3  # type: ignore[assignment]
     x = torch.zeros(sum(layout.sizes), 5)
-    out = _packed_residual(x, lambda y, lay: torch.ones_like(y), layout, drop_path, subset=True)
+    out = _packed_residual(
+        x, torch.nn.Identity(), lambda y, lay: torch.ones_like(y), layout, drop_path, subset=True
+    )
     groups = layout.unpack(out)
     for group, (b, _), kept in zip(groups, layout.shapes, (7, 3), strict=True):  # round(b * 0.7)
         touched = group.flatten(1).abs().amax(1) > 0
