@@ -24,6 +24,8 @@ class SinkhornKnopp(nn.Module):
 
     def __init__(self, num_iters: int = 3) -> None:
         super().__init__()
+        if num_iters < 1:
+            raise ValueError(f"SinkhornKnopp needs num_iters >= 1, got {num_iters}")
         self.num_iters = num_iters
 
     @torch.no_grad()
@@ -32,23 +34,40 @@ class SinkhornKnopp(nn.Module):
 
         The number of samples may differ between processes (masked patch tokens): the global count is
         all-reduced. Processes holding no sample still take part in the collectives.
+
+        The alternating normalisations only ever rescale rows and columns, so the iterate is
+        ``diag(b) E diag(a)`` with ``E = exp((logits - max) / T)``: each round is two matrix-vector
+        products on ``E`` (prototype masses, then sample masses) instead of four in-place passes over the
+        (n, K) matrix, and the result is formed once at the end. For DINOv2's ~10k masked tokens x 65,536
+        prototypes (2.6 GB in fp32) that is about half the memory traffic of the matrix form. The first
+        normalisation by the total mass only rescales everything and is absorbed by the first prototype
+        step.
         """
-        logits = teacher_logits.float() / temperature
+        num_samples, num_prototypes = teacher_logits.shape
         # Subtracting the global max keeps exp() finite; it cancels in the normalisation.
-        local_max = logits.max() if logits.numel() else logits.new_tensor(float("-inf"))
+        local_max = (
+            teacher_logits.max().float()
+            if teacher_logits.numel()
+            else teacher_logits.new_tensor(float("-inf"))
+        )
         if is_distributed():
             torch.distributed.all_reduce(local_max, op=torch.distributed.ReduceOp.MAX)
-        q = torch.exp(logits - local_max).t()  # (K, n)
-        num_prototypes = q.shape[0]
-        # Global sample count (no host sync; with no sample anywhere q is empty and nothing divides).
-        total = all_reduce_sum(torch.tensor(float(q.shape[1]), device=q.device))
-        q /= all_reduce_sum(q.sum()).clamp_min(1e-30)
+        # (logits - max) / T in one pass, read in the logits' dtype and computed and written in fp32 (the
+        # one-element operands are 1-d, so they take part in type promotion), then exp in place.
+        inv_temp = local_max.new_full((1,), 1.0 / temperature)
+        e = torch.addcmul(-local_max.reshape(1) * inv_temp, teacher_logits, inv_temp).exp_()
+        # Global sample count (no host sync; with no sample anywhere e is empty and nothing divides).
+        total = all_reduce_sum(torch.tensor(float(num_samples), device=e.device))
+        sample_scale = e.new_ones(num_samples)  # b
         for _ in range(self.num_iters):
-            q /= all_reduce_sum(q.sum(dim=1, keepdim=True)).clamp_min(1e-30)  # each prototype: mass 1
-            q /= num_prototypes
-            q /= q.sum(dim=0, keepdim=True).clamp_min(1e-30)  # each sample: mass 1 (local columns)
-            q /= total
-        return (q * total).t()
+            # Each prototype's mass over all processes' samples, sum_n b_n E[n, k], made 1 / K.
+            prototype_mass = all_reduce_sum(torch.mv(e.t(), sample_scale))
+            prototype_scale = 1.0 / (prototype_mass.clamp_min(1e-30) * num_prototypes)  # a
+            # Each sample's mass sum_k E[n, k] a_k, made 1 / total (local rows).
+            sample_mass = torch.mv(e, prototype_scale)
+            sample_scale = 1.0 / (sample_mass.clamp_min(1e-30) * total)
+        # diag(b) E diag(a), scaled by the sample count: every row sums to 1.
+        return e.mul_(prototype_scale).mul_((sample_scale * total).unsqueeze(1))
 
     def update(self, teacher_logits: torch.Tensor) -> None:
         """Nothing to update: Sinkhorn–Knopp keeps no state across steps."""

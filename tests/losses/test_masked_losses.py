@@ -94,3 +94,33 @@ def test_ibot_dense_equals_gathered():
     dense = loss_fn(student, teacher, masks)
     gathered = loss_fn.forward_masked(student[masks], teacher[masks], masks)
     assert dense.item() == pytest.approx(gathered.item(), rel=1e-6)
+
+
+def _matrix_form(logits: torch.Tensor, temperature: float, num_iters: int) -> torch.Tensor:
+    """Sinkhorn–Knopp as alternating in-place normalisations of the whole matrix, in float64."""
+    q = torch.exp((logits.double() - logits.double().max()) / temperature).t()  # (K, n)
+    num_prototypes, num_samples = q.shape
+    q /= q.sum()
+    for _ in range(num_iters):
+        q /= q.sum(dim=1, keepdim=True) * num_prototypes
+        q /= q.sum(dim=0, keepdim=True) * num_samples
+    return (q * num_samples).t()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("temperature", "num_iters"), [(0.04, 3), (0.07, 1), (0.07, 10)])
+def test_sinkhorn_scaling_vectors_equal_the_matrix_form(dtype, temperature, num_iters):
+    torch.manual_seed(0)
+    logits = (torch.rand(300, 512) * 2 - 1).to(dtype)  # cosine logits of a weight-normed head: [-1, 1]
+    before = logits.clone()
+    out = SinkhornKnopp(num_iters).probs(logits, temperature)
+    assert out.dtype == torch.float32 and torch.equal(logits, before)  # the input is left alone
+    torch.testing.assert_close(
+        out.double(), _matrix_form(logits, temperature, num_iters), rtol=1e-5, atol=1e-9
+    )
+
+
+def test_sinkhorn_empty_shard_and_iteration_count():
+    assert SinkhornKnopp(3).probs(torch.empty(0, 16), 0.1).shape == (0, 16)
+    with pytest.raises(ValueError, match="num_iters >= 1"):
+        SinkhornKnopp(0)
