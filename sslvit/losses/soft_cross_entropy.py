@@ -5,7 +5,9 @@ DINOv2's ~10k masked patch tokens per batch of 128 each fp32 (rows, K) tensor is
 autograd ops, the step holds the fp32 copy of the logits, the log-softmax (saved for backward), the
 product with the targets and its negation at once. This function keeps only its inputs: the forward runs
 chunk by chunk, and the backward recomputes the softmax per chunk from the saved logits, using
-``d/ds = (softmax(s / tau) * sum_k t[k] - t) / tau``.
+``d/ds = (softmax(s / tau) * sum_k t[k] - t) / tau``. Within a chunk the work is done in place where it
+can be, so each chunk is read and written as few times as eager PyTorch allows (the scaling reads bf16 and
+writes fp32 once; the gradient is cast into its dtype once).
 """
 
 from __future__ import annotations
@@ -23,34 +25,40 @@ def _rows_per_chunk(num_classes: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, num_classes))
 
 
+def _scaled_fp32(logits: torch.Tensor, inv_temp: torch.Tensor) -> torch.Tensor:
+    # One pass: read in the logits' dtype, multiply and write in fp32 (``inv_temp`` is a 1-d fp32
+    # tensor, so it takes part in type promotion; a Python float would keep bf16).
+    return logits * inv_temp
+
+
 class _SoftCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
         rows, classes = logits.shape
         step = _rows_per_chunk(classes)
+        inv_temp = torch.full((1,), 1.0 / temperature, device=logits.device)
         out = logits.new_empty(rows, dtype=torch.float32)
         for start in range(0, rows, step):
-            s = logits[start : start + step].float() / temperature
-            out[start : start + step] = -(targets[start : start + step].float() * F.log_softmax(s, -1)).sum(
-                -1
-            )
-        ctx.save_for_backward(logits, targets)
-        ctx.temperature = temperature
+            log_probs = F.log_softmax(_scaled_fp32(logits[start : start + step], inv_temp), -1)
+            out[start : start + step] = log_probs.mul_(targets[start : start + step]).sum(-1).neg_()
+        ctx.save_for_backward(logits, targets, inv_temp)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        logits, targets = ctx.saved_tensors
+        logits, targets, inv_temp = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
         rows, classes = logits.shape
         step = _rows_per_chunk(classes)
         grad = torch.empty_like(logits)
         for start in range(0, rows, step):
-            t = targets[start : start + step].float()
-            p = F.softmax(logits[start : start + step].float() / ctx.temperature, -1)
-            g = grad_out[start : start + step, None] / ctx.temperature
-            grad[start : start + step] = (p * t.sum(-1, keepdim=True) - t) * g
+            t = targets[start : start + step]
+            g = grad_out[start : start + step, None] * inv_temp  # (rows, 1)
+            p = F.softmax(_scaled_fp32(logits[start : start + step], inv_temp), -1)
+            # (softmax * sum(t) - t) * g / T, written in place and cast once into the gradient's dtype
+            p.mul_(t.sum(-1, keepdim=True) * g)
+            grad[start : start + step] = torch.addcmul(p, t, g, value=-1.0, out=p)
         return grad, None, None
 
 

@@ -43,13 +43,13 @@ def test_device_check_script_writes_every_json(tmp_path):
         "STEP_ARGS": "--method dino --arch vit_test --patch 8 --global-size 32 --local-size 16 --num-local 2 "
         "--batch 4 --warmup 0 --steps 1 --precision 32 --device cpu",
         "DATA_ARGS": "--batch 4 --patch 8 --global-size 32 --local-size 16 --num-local 2",
-        "SINKHORN_ARGS": "--rows 16 --prototypes 64 --repeats 1 --device cpu",
+        "PATCH_LOSS_ARGS": "--rows 16 --prototypes 64 --repeats 1 --device cpu",
         "N_JPEGS": "8",
         "WORKERS": "0",
     }
     subprocess.run(["bash", "benchmarks/device_check.sh", str(tmp_path)], cwd=root, env=env, check=True,
                    capture_output=True)  # fmt: skip
-    assert "SinkhornKnopp(3) on 16 x 64" in (tmp_path / "sinkhorn.txt").read_text()
+    assert "16 x 64 bf16 logits: SinkhornKnopp(3)" in (tmp_path / "patch_loss.txt").read_text()
     names = ["step.json", "data.json", "data_photometric.json", "data_crops.json"]
     reports = {name: json.loads((tmp_path / name).read_text()) for name in names}
     assert reports["step.json"]["rows"][0]["img_per_s"] > 0
