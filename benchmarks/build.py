@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from sslvit.utils.masked_tokens import true_indices
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 PRECISIONS = {"bf16-mixed": "bf16-mixed", "32": "32-true", "32-true": "32-true"}
+ARCH_NAMES = {"vit_test": "ViT-test", "vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B"}
 
 
 @dataclass
@@ -41,6 +43,20 @@ class RunSpec:
     steps: int = 40
     overrides: list[str] = field(default_factory=list)
     label: str = ""
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The command-line flags that say what to build (method, backbone, crops, batch, packing, overrides),
+    shared by the step and memory benchmarks; they fill the fields of :class:`RunSpec` of the same names."""
+    p.add_argument("--method", default="dinov2", choices=["dino", "ibot", "dinov2"])
+    p.add_argument("--arch", default="vit_small", choices=sorted(ARCH_NAMES))
+    p.add_argument("--patch", type=int, default=14)
+    p.add_argument("--global-size", type=int, default=224)
+    p.add_argument("--local-size", type=int, default=98)
+    p.add_argument("--num-local", type=int, default=8)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--pack-crops", action="store_true", help="backbone.pack_crops=true: one packed pass")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="Hydra override")
 
 
 def compose_cfg(spec: RunSpec, device: torch.device) -> DictConfig:

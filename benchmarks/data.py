@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from PIL import Image
 
 from benchmarks.build import CONF_DIR
+from benchmarks.timing import median_ms
 from sslvit.config import register_resolvers
 from sslvit.data.batch import CropSourceBatch
 from sslvit.data.transforms.device_crops import crop_sources
@@ -109,16 +109,7 @@ def time_device_stage(datamodule: Any, repeats: int = 10) -> dict[str, Any]:
         crops = crop_sources(batch) if isinstance(batch, CropSourceBatch) else batch
         stage(crops.global_crops, crops.local_crops)
 
-    times = []
-    for _ in range(repeats + 2):  # two warm-up calls
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    ms = statistics.median(times[2:])
+    ms = median_ms(run, device.type, repeats, warmup=2)
     return {"device": device.type, "ms_per_batch": ms, "img_per_s": batch.batch_size / (ms / 1e3)}
 
 

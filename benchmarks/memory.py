@@ -29,8 +29,14 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from benchmarks.build import RunSpec, build_method, compose_cfg, synthetic_batch
-from benchmarks.step import ARCH_NAMES
+from benchmarks.build import (
+    ARCH_NAMES,
+    RunSpec,
+    add_run_arguments,
+    build_method,
+    compose_cfg,
+    synthetic_batch,
+)
 from benchmarks.timing import attach_trainer, forward_backward, set_global_step
 from sslvit.train import quiet_known_warnings
 
@@ -130,15 +136,7 @@ def estimate(spec: RunSpec) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__.splitlines()[0])
-    p.add_argument("--method", default="dinov2", choices=["dino", "ibot", "dinov2"])
-    p.add_argument("--arch", default="vit_small", choices=sorted(ARCH_NAMES))
-    p.add_argument("--patch", type=int, default=14)
-    p.add_argument("--global-size", type=int, default=224)
-    p.add_argument("--local-size", type=int, default=98)
-    p.add_argument("--num-local", type=int, default=8)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--pack-crops", action="store_true", help="backbone.pack_crops=true")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="Hydra override")
+    add_run_arguments(p)
     p.add_argument("--suite", action="store_true", help="DINO, iBOT, DINOv2 x ViT-S, ViT-B")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)

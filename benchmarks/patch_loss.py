@@ -13,28 +13,12 @@ backward (student logits against those targets).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
+from benchmarks.timing import median_ms
 from sslvit.losses import SinkhornKnopp
 from sslvit.losses.soft_cross_entropy import soft_cross_entropy
-
-
-def median_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    def once() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) * 1e3
-
-    once()  # warm-up
-    return statistics.median(once() for _ in range(repeats))
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -62,8 +46,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     result = {
         "rows": args.rows,
         "prototypes": args.prototypes,
-        "sinkhorn_ms": median_ms(lambda: sinkhorn.probs(teacher, 0.07), device, args.repeats),
-        "soft_cross_entropy_ms": median_ms(loss_step, device, args.repeats),
+        "sinkhorn_ms": median_ms(lambda: sinkhorn.probs(teacher, 0.07), device.type, args.repeats),
+        "soft_cross_entropy_ms": median_ms(loss_step, device.type, args.repeats),
     }
     shape = f"{args.rows} x {args.prototypes}"
     print(f"{device.type}, {shape} bf16 logits: SinkhornKnopp({args.iters}) {result['sinkhorn_ms']:.1f} ms, "

@@ -27,7 +27,14 @@ from typing import Any
 import torch
 
 import sslvit.methods.dino as dino_module
-from benchmarks.build import RunSpec, build_method, compose_cfg, synthetic_batch
+from benchmarks.build import (
+    ARCH_NAMES,
+    RunSpec,
+    add_run_arguments,
+    build_method,
+    compose_cfg,
+    synthetic_batch,
+)
 from benchmarks.measure import (
     PROTOCOL_PEAK_TFLOPS,
     count_flops,
@@ -47,7 +54,6 @@ from sslvit.train import quiet_known_warnings
 # (fused AdamW, compiled blocks); both keep bf16 autocast and SDPA attention (the protocol, timm's default).
 BASELINE = (False, False)  # eager, torch's default (for-each) AdamW
 OPTIMISED = (True, True)
-ARCH_NAMES = {"vit_test": "ViT-test", "vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B"}
 
 
 @contextlib.contextmanager
@@ -242,23 +248,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.step", description=__doc__.splitlines()[0])
-    p.add_argument("--method", default="dinov2", choices=["dino", "ibot", "dinov2"])
-    p.add_argument("--arch", default="vit_small", choices=sorted(ARCH_NAMES))
-    p.add_argument("--patch", type=int, default=14)
-    p.add_argument("--global-size", type=int, default=224)
-    p.add_argument("--local-size", type=int, default=98)
-    p.add_argument("--num-local", type=int, default=8)
-    p.add_argument("--batch", type=int, default=128)
+    add_run_arguments(p)
     p.add_argument("--precision", default="bf16-mixed", choices=["bf16-mixed", "32"])
     p.add_argument("--compile", action="store_true", help="backbone.compile_blocks=true")
     p.add_argument("--no-fused-adamw", action="store_true", help="method.optim.fused=false")
     p.add_argument("--no-sdpa", action="store_true", help="backbone.fused_attn=false")
     p.add_argument("--no-group-crops", action="store_true", help="DINO: one student pass per crop")
-    p.add_argument("--pack-crops", action="store_true", help="backbone.pack_crops=true: one packed pass")
     p.add_argument("--mode", default="step", choices=["step", "fit"])
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="Hydra override")
     p.add_argument("--suite", nargs="?", const="table", choices=["table", "switches", "all"])
     p.add_argument("--budget-s", type=float, default=None, help="start no new suite row after this")
     p.add_argument("--json", type=Path, default=None, help="write the rows here (after every row)")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -33,6 +35,21 @@ class StepMarks:
             torch.cuda.synchronize()
             return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
         return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
+
+
+def median_ms(fn: Callable[[], object], device_type: str, repeats: int, warmup: int = 1) -> float:
+    """Median wall-clock milliseconds of ``fn`` over ``repeats`` calls after ``warmup`` ones, the device
+    synchronised around each call (for work that is not a training step, e.g. one loss or one stage)."""
+    times = []
+    for _ in range(warmup + repeats):
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times[warmup:])
 
 
 def _no_log(*args: Any, **kwargs: Any) -> None:
