@@ -27,6 +27,11 @@ REFERENCES = {
 TARGET_IMG_S = {("dinov2", "vit_base"): 607, ("dinov2", "vit_small"): 1400, ("dino", "vit_small"): 1800}
 TARGET_MFU_800 = {("dinov2", "vit_base"): 0.45}
 MEMORY_CAP_FROM = "official DINOv2 code"
+# Said under the step table when the figures come from another GPU than the references' (NVIDIA's specs).
+DIFFERENT_GPU_NOTE = {
+    "H200": "an H200 has the H100's bf16 peak but 1.4x its memory bandwidth (4.8 vs 3.35 TB/s), "
+    "which favours memory-bound work",
+}
 # Labels that benchmarks.step.suite_specs gives the table rows (the rest are speed-switch rows).
 TABLE_LABEL = re.compile(r"^\w+ ViT-\w+/\d+ (optimised|baseline)(, packed crops)?$")
 LOADER_FILES = {
@@ -113,6 +118,9 @@ def blocks(folder: Path) -> dict[str, str]:
         rows = report["rows"]
         device = f"{report['device']}, torch {report['torch']}, measured matmul peak "
         device += f"{report['peak_tflops_measured']:.3g} TFLOP/s (bf16 on a GPU, fp32 on the CPU)"
+        if "H100" not in report["device"]:
+            note = next((text for gpu, text in DIFFERENT_GPU_NOTE.items() if gpu in report["device"]), "")
+            device += ". The references were measured on an H100" + (f"; {note}" if note else "")
         out["step"] = device + "\n\n" + step_table([r for r in rows if TABLE_LABEL.match(r["label"])], True)
         switches = [r for r in rows if not TABLE_LABEL.match(r["label"])]
         if switches:
