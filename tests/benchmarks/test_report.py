@@ -54,8 +54,10 @@ def test_blocks_split_table_rows_from_switch_rows(tmp_path: Path) -> None:
     assert set(blocks) == {"step", "switches", "loader"}
     step_lines = blocks["step"].splitlines()
     assert step_lines[0].startswith("NVIDIA H200, torch 2.14, measured matmul peak 790 TFLOP/s")
-    assert step_lines[0].endswith("on an H100; an H200 has the H100's bf16 peak but 1.4x its memory bandwidth "
-                                  "(4.8 vs 3.35 TB/s), which favours memory-bound work")  # fmt: skip
+    assert step_lines[0].endswith(
+        "on an H100; an H200 has the H100's bf16 peak but 1.4x its memory bandwidth (4.8 vs 3.35 TB/s), "
+        "which favours memory-bound work"
+    )
     assert (
         "| dinov2 ViT-B/14 optimised | 620 | 206.5 | 48.3% | 46.0% | 50.0 | 367 (54.9), official"
         in blocks["step"]
