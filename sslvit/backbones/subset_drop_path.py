@@ -25,16 +25,18 @@ class _AddRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, index: Tensor, rows: Tensor, scale: Tensor | float) -> Tensor:
         ctx.rows_dtype = rows.dtype
-        ctx.scale = scale
-        ctx.save_for_backward(index)
         if isinstance(scale, Tensor):
+            ctx.save_for_backward(index, scale)
             return x.index_add(0, index, rows.to(x.dtype) * scale)
+        ctx.save_for_backward(index)
+        ctx.scale = scale
         return x.index_add(0, index, rows.to(x.dtype), alpha=scale)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, Tensor, None]:
-        (index,) = ctx.saved_tensors
-        return grad, None, (grad.index_select(0, index) * ctx.scale).to(ctx.rows_dtype), None
+        index, *scale_tensor = ctx.saved_tensors
+        scale = scale_tensor[0] if scale_tensor else ctx.scale
+        return grad, None, (grad.index_select(0, index) * scale).to(ctx.rows_dtype), None
 
 
 def add_rows(x: Tensor, index: Tensor, rows: Tensor, scale: Tensor | float) -> Tensor:

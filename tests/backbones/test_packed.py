@@ -148,3 +148,15 @@ def test_compiled_packed_blocks_match_eager() -> None:
     sum(o["x_norm_clstoken"].sum() for o in out_e).backward()
     for name, grad in grads(eager).items():
         torch.testing.assert_close(grads(compiled)[name], grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow  # torch.compile on the CPU
+@pytest.mark.parametrize("subset", [True, False])
+def test_compiled_packed_blocks_train_with_drop_path(subset: bool) -> None:
+    """Stochastic depth per sequence (the kept subset and its scatter, or timm's draw) compiles and trains."""
+    images, masks = crops()
+    model = vit(True, compile_blocks=True, drop_path_rate=0.5, drop_path_subset=subset).train()
+    outs = model.forward_features_list(images, masks)
+    sum(o["x_norm_clstoken"].sum() for o in outs).backward()
+    grads_ = grads(model)
+    assert grads_ and all(torch.isfinite(g).all() for g in grads_.values())
