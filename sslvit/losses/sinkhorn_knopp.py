@@ -38,18 +38,17 @@ class SinkhornKnopp(nn.Module):
         The alternating normalisations only ever rescale rows and columns, so the iterate is
         ``diag(b) E diag(a)`` with ``E = exp((logits - max) / T)``: each round is two matrix-vector
         products on ``E`` (prototype masses, then sample masses) instead of four in-place passes over the
-        (n, K) matrix, and the result is formed once at the end. For DINOv2's ~10k masked tokens x 65,536
-        prototypes (2.6 GB in fp32) that is about half the memory traffic of the matrix form. The first
+        (n, K) matrix, and the result is formed once at the end: fewer passes over DINOv2's ~10k masked
+        tokens x 65,536 prototypes (2.6 GB in fp32; timed by ``benchmarks.patch_loss``). The first
         normalisation by the total mass only rescales everything and is absorbed by the first prototype
         step.
         """
         num_samples, num_prototypes = teacher_logits.shape
         # Subtracting the global max keeps exp() finite; it cancels in the normalisation.
+        # fp32 on every process, an empty shard included: the all-reduce needs one dtype everywhere.
         local_max = (
-            teacher_logits.max().float()
-            if teacher_logits.numel()
-            else teacher_logits.new_tensor(float("-inf"))
-        )
+            teacher_logits.max() if teacher_logits.numel() else teacher_logits.new_tensor(float("-inf"))
+        ).float()
         if is_distributed():
             torch.distributed.all_reduce(local_max, op=torch.distributed.ReduceOp.MAX)
         # (logits - max) / T in one pass, read in the logits' dtype and computed and written in fp32 (the

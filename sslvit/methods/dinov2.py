@@ -116,7 +116,8 @@ class DINOv2(TeacherStudentModule):
             # kept alive through the student's forward and backward: 1.2 GiB for ViT-S/14 at batch 128.
             self.cls_targets.update(teacher_cls_logits)
             self.patch_targets.update(teacher_patch_logits)
-            features = teacher_out["x_norm_clstoken"][:batch_size]
+            # A copy: a view would keep the whole normalised teacher output alive past the `del`.
+            features = teacher_out["x_norm_clstoken"][:batch_size].clone()
             del teacher_out, teacher_cls_logits, teacher_patch_logits
 
         student_out, student_cls = student_crop_features(student_backbone, globals_, masks, batch.local_crops)

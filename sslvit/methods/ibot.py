@@ -132,7 +132,8 @@ class IBOT(TeacherStudentModule):
             )  # (M, K')
             self.cls_centering.update(teacher_cls_logits)
             self.patch_centering.update(teacher_patch_logits.flatten(0, 1))
-            features = teacher_out["x_norm_clstoken"][:batch_size]
+            # A copy: a view would keep the whole normalised teacher output alive past the `del`.
+            features = teacher_out["x_norm_clstoken"][:batch_size].clone()
             del teacher_out, teacher_cls_logits, teacher_patch_logits
 
         student_out, student_cls = student_crop_features(
