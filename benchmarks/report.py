@@ -116,8 +116,13 @@ def blocks(folder: Path) -> dict[str, str]:
     if step_file.exists():
         report = json.loads(step_file.read_text())
         rows = report["rows"]
-        device = f"{report['device']}, torch {report['torch']}, measured matmul peak "
-        device += f"{report['peak_tflops_measured']:.3g} TFLOP/s (bf16 on a GPU, fp32 on the CPU)"
+        device = f"{report['device']}, torch {report['torch']}"
+        libraries = {
+            k: v for k, v in report.get("versions", {}).items() if k not in ("torch", "python") and v
+        }
+        device += "".join(f", {name} {version}" for name, version in libraries.items())
+        device += f", measured matmul peak {report['peak_tflops_measured']:.3g} TFLOP/s"
+        device += " (bf16 on a GPU, fp32 on the CPU)"
         if "H100" not in report["device"]:
             note = next((text for gpu, text in DIFFERENT_GPU_NOTE.items() if gpu in report["device"]), "")
             device += ". The references were measured on an H100" + (f"; {note}" if note else "")

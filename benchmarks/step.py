@@ -16,8 +16,10 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import importlib.metadata
 import json
 import logging
+import platform
 import statistics
 import time
 from collections.abc import Iterator
@@ -50,6 +52,7 @@ from benchmarks.timing import (
     time_step_mode,
 )
 from sslvit.train import quiet_known_warnings
+from sslvit.utils.matmul_precision import set_float32_matmul_precision
 
 # (fused AdamW, compiled blocks); both keep bf16 autocast and SDPA attention (the protocol, timm's default).
 BASELINE = (False, False)  # eager, torch's default (for-each) AdamW
@@ -82,6 +85,7 @@ def run_one(spec: RunSpec, device: torch.device, seed: int = 0, flops_only: bool
     # Left over from earlier rows (should be ~0): it would inflate this row's peak.
     mem_before = torch.cuda.memory_allocated() / 2**30 if dev == "cuda" else None
     cfg = compose_cfg(spec, device)
+    set_float32_matmul_precision(cfg.get("float32_matmul_precision"))  # as train.py: TF32 on CUDA
     num_steps = spec.warmup + spec.steps
     with crops_grouped(spec.group_crops):
         torch.manual_seed(seed)
@@ -181,7 +185,7 @@ def suite_specs(name: str, template: RunSpec) -> list[RunSpec]:
         tag = f"dinov2 ViT-S/{patch}"
         specs += [
             dataclasses.replace(base, label=f"{tag} baseline"),
-            dataclasses.replace(base, label=f"{tag} fp32 (precision 32)", precision="32"),
+            dataclasses.replace(base, label=f"{tag} fp32, TF32 matmuls (precision 32)", precision="32"),
             dataclasses.replace(base, label=f"{tag} + fused AdamW", fused_adamw=True),
             dataclasses.replace(base, label=f"{tag} + compile blocks", compile=True),
             dataclasses.replace(base, label=f"{tag} SDPA off", sdpa=False),
@@ -246,6 +250,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def library_versions() -> dict[str, str | None]:
+    """Versions of what the step's speed depends on (the GPU machine's image may differ from our pins)."""
+    versions: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("timm", "lightning", "triton"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    versions["cudnn"] = None if cudnn is None else str(cudnn)
+    versions["cuda"] = torch.version.cuda
+    return versions
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.step", description=__doc__.splitlines()[0])
     add_run_arguments(p)
@@ -288,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     specs = suite_specs(args.suite, template) if args.suite else [template]
     report: dict[str, Any] = {
         "torch": torch.__version__,
+        "versions": library_versions(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cpu_threads": torch.get_num_threads(),
         "peak_tflops_measured": measured_peak_tflops(device.type),

@@ -34,6 +34,7 @@ from sslvit.eval.knn import knn_accuracy
 from sslvit.eval.linear import format_grid, train_linear_grid
 from sslvit.train import output_dir_of, write_json_atomic
 from sslvit.utils.checkpoint import load_backbone_weights
+from sslvit.utils.matmul_precision import set_float32_matmul_precision
 
 log = logging.getLogger(__name__)
 EVALS = ("knn", "linear", "finetune", "export")
@@ -168,6 +169,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"unknown eval={name or cfg.eval!r}; available: {', '.join(EVALS)}")
     ecfg = cfg.eval
     torch.manual_seed(int(cfg.get("seed") or 0))
+    set_float32_matmul_precision(cfg.get("float32_matmul_precision"))
     overrides = OmegaConf.to_container(cfg.backbone, resolve=True) if cfg.get("backbone") else {}
     backbone, run_cfg, imported = load_backbone(cfg.checkpoint, overrides)  # type: ignore[arg-type]
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device

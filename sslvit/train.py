@@ -22,6 +22,7 @@ from sslvit.callbacks.run_config import RunConfigInCheckpoint
 from sslvit.eval.checkpoint_import import complete_for, import_backbone_state, load_any_checkpoint
 from sslvit.utils.checkpoint import load_backbone_weights
 from sslvit.utils.config_check import check_config_types
+from sslvit.utils.matmul_precision import set_float32_matmul_precision
 from sslvit.utils.resume import resolve_ckpt_path
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    set_float32_matmul_precision(cfg.get("float32_matmul_precision"))
 
     datamodule = instantiate(cfg.data)
     # `backbone: null` for methods without a ViT (a tokenizer's own training, e.g. method=dvae).

@@ -37,7 +37,10 @@ def write_folder(folder: Path) -> None:
         step_row("dinov2 ViT-S/14 + fused AdamW", "dinov2", "vit_small", 950.0, 0.2, 20.0),
         {"label": "ibot ViT-B/14 baseline", "error": "skipped: --budget-s reached"},
     ]
-    step = {"device": "NVIDIA H200", "torch": "2.14", "peak_tflops_measured": 790.0, "rows": rows}
+    versions = {"python": "3.12.3", "torch": "2.14", "timm": "1.0.31", "lightning": "2.6.6", "triton": None,
+                "cudnn": "91900", "cuda": "13.0"}  # fmt: skip
+    step = {"device": "NVIDIA H200", "torch": "2.14", "versions": versions, "peak_tflops_measured": 790.0,
+            "rows": rows}  # fmt: skip
     (folder / "step.json").write_text(json.dumps(step))
     loader = {"folder": "8 synthetic 500x375 JPEGs", "images_in_folder": 8, "batch": 4, "method": "dinov2",
               "crops": "2x224 + 8x98", "device_stage": None,
@@ -53,7 +56,10 @@ def test_blocks_split_table_rows_from_switch_rows(tmp_path: Path) -> None:
     blocks = report.blocks(tmp_path)
     assert set(blocks) == {"step", "switches", "loader"}
     step_lines = blocks["step"].splitlines()
-    assert step_lines[0].startswith("NVIDIA H200, torch 2.14, measured matmul peak 790 TFLOP/s")
+    assert step_lines[0].startswith(
+        "NVIDIA H200, torch 2.14, timm 1.0.31, lightning 2.6.6, cudnn 91900, cuda 13.0, measured matmul peak "
+        "790 TFLOP/s"
+    )
     assert step_lines[0].endswith(
         "on an H100; an H200 has the H100's bf16 peak but 1.4x its memory bandwidth (4.8 vs 3.35 TB/s), "
         "which favours memory-bound work"

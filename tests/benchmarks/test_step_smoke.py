@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds `benchmarks`
@@ -40,6 +41,9 @@ def test_step_benchmark_writes_complete_json(mode: str, tmp_path: Path, one_thre
     report = step.main([*TINY, "--method", "dinov2", "--mode", mode, "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(report["rows"]))
+    versions = saved["versions"]
+    assert versions["torch"] == torch.__version__ and versions["timm"] == timm.__version__
+    assert versions["cuda"] == torch.version.cuda  # None on a CPU-only build
     (row,) = saved["rows"]
     assert row["mode"] == mode and row["method"] == "dinov2" and row["batch"] == 4
     assert row["steps_timed"] == 2  # warm-up steps are excluded from the median
