@@ -37,6 +37,7 @@ from benchmarks.build import (
     compose_cfg,
     synthetic_batch,
 )
+from benchmarks.fake import fake_batch, make_module_fake
 from benchmarks.timing import attach_trainer, forward_backward, set_global_step
 from sslvit.train import quiet_known_warnings
 
@@ -88,24 +89,8 @@ def estimate(spec: RunSpec) -> dict[str, Any]:
     method = build_method(cfg, cpu)  # built for real (timm's init reads values), then made fake
     batch = synthetic_batch(cfg, cpu)
     fake = FakeTensorMode(allow_non_fake_inputs=True)
-    with torch.no_grad():
-        for module in method.modules():
-            for name, value in [*module._parameters.items(), *module._buffers.items()]:
-                if value is None:
-                    continue
-                faked = fake.from_tensor(value)
-                if isinstance(value, torch.nn.Parameter):
-                    faked = torch.nn.Parameter(faked, requires_grad=value.requires_grad)
-                setattr(module, name, faked)
-
-    def to_fake(value: Any) -> Any:
-        if isinstance(value, list):
-            return [to_fake(v) for v in value]
-        return fake.from_tensor(value) if isinstance(value, torch.Tensor) else value
-
-    batch = dataclasses.replace(
-        batch, **{f.name: to_fake(getattr(batch, f.name)) for f in dataclasses.fields(batch)}
-    )
+    make_module_fake(method, fake, cpu)
+    batch = fake_batch(batch, fake, cpu)
     trainer = attach_trainer(method, cfg, 2)
     live = LiveTensorBytes()
     for tensor in [*method.parameters(), *method.buffers()]:

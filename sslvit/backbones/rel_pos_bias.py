@@ -64,13 +64,20 @@ class RelativePositionBias(nn.Module):
         self.register_buffer(
             "index", relative_position_index(self.grid, self.grid, self.num_prefix_tokens), persistent=False
         )
+        self._other_grids: dict[tuple[tuple[int, ...], torch.device], Tensor] = {}
 
     def forward(self, grid: tuple[int, int]) -> Tensor:
         """``(1, heads, T, T)`` bias for an input whose patch grid is ``grid``."""
         if tuple(grid) == self.grid:
             index = self.index
         else:  # a smaller input (e.g. an evaluation at another size): offsets still fit the table
-            index = relative_position_index(grid, self.grid, self.num_prefix_tokens).to(self.table.device)
+            # Built on the host once per (grid, device): copying it to a GPU on every call would wait.
+            key = (tuple(grid), self.table.device)
+            if key not in self._other_grids:
+                self._other_grids[key] = relative_position_index(grid, self.grid, self.num_prefix_tokens).to(
+                    self.table.device
+                )
+            index = self._other_grids[key]
         tokens = index.shape[0]
         bias = self.table[index.reshape(-1)].view(tokens, tokens, -1)  # (T, T, heads)
         return bias.permute(2, 0, 1).unsqueeze(0).contiguous()

@@ -47,7 +47,7 @@ class SinkhornKnopp(nn.Module):
         # Subtracting the global max keeps exp() finite; it cancels in the normalisation.
         # fp32 on every process, an empty shard included: the all-reduce needs one dtype everywhere.
         local_max = (
-            teacher_logits.max() if teacher_logits.numel() else teacher_logits.new_tensor(float("-inf"))
+            teacher_logits.max() if teacher_logits.numel() else teacher_logits.new_full((), float("-inf"))
         ).float()
         if is_distributed():
             torch.distributed.all_reduce(local_max, op=torch.distributed.ReduceOp.MAX)
@@ -55,8 +55,9 @@ class SinkhornKnopp(nn.Module):
         # one-element operands are 1-d, so they take part in type promotion), then exp in place.
         inv_temp = local_max.new_full((1,), 1.0 / temperature)
         e = torch.addcmul(-local_max.reshape(1) * inv_temp, teacher_logits, inv_temp).exp_()
-        # Global sample count (no host sync; with no sample anywhere e is empty and nothing divides).
-        total = all_reduce_sum(torch.tensor(float(num_samples), device=e.device))
+        # Global sample count; with no sample anywhere e is empty and nothing divides. Filled on the device:
+        # torch.tensor(n, device=...) would copy from the host and make it wait for the device.
+        total = all_reduce_sum(e.new_full((), float(num_samples)))
         sample_scale = e.new_ones(num_samples)  # b
         for _ in range(self.num_iters):
             # Each prototype's mass over all processes' samples, sum_n b_n E[n, k], made 1 / K.

@@ -137,7 +137,8 @@ class BEiTv2(TeacherStudentModule):
         if bias is None or backbone.num_prefix_tokens == 1:
             return bias
         start, tokens = backbone.num_prefix_tokens, bias.shape[-1]
-        keep = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(start, tokens)]).to(bias.device)
+        keep = torch.arange(start - 1, tokens, device=bias.device)  # made on the device: no host copy
+        keep[0] = 0
         return bias[:, :, keep][:, :, :, keep]  # (1, heads, 1 + N, 1 + N): registers dropped
 
     def mim_losses(

@@ -42,6 +42,17 @@ def test_bias_values_follow_the_index():
     assert bias[0, 2, 0, 0] == module.table[11, 2]
 
 
+def test_a_smaller_grid_gets_its_own_index_built_once():
+    module = RelativePositionBias((3, 3), num_heads=2)
+    index = relative_position_index((2, 2), (3, 3), num_prefix=1)
+    bias = module((2, 2))
+    with torch.no_grad():
+        expected = module.table[index.reshape(-1)].view(5, 5, 2).permute(2, 0, 1)
+    assert torch.equal(bias[0], expected)
+    module((2, 2))  # the second call reuses the index (a GPU run would copy it from the host only once)
+    assert list(module._other_grids) == [((2, 2), module.table.device)]
+
+
 def _pair(**kwargs):
     args = dict(img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=2, layerscale_init=0.1)
     torch.manual_seed(0)

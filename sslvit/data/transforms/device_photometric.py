@@ -9,7 +9,6 @@ definition (tests compare each op with ``torchvision.transforms.functional``).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,8 +19,6 @@ from torch import Tensor
 from sslvit.data.transforms.blur import blur_kernel_size
 
 _GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma as torchvision's rgb_to_grayscale rounds it
-# Every order of (brightness, contrast, saturation, hue): ColorJitter shuffles them per call.
-_ORDERS = torch.tensor(list(itertools.permutations(range(4))))
 
 
 @dataclass(frozen=True)
@@ -39,9 +36,18 @@ class PhotometricRecipe:
 
 
 def grayscale(x: Tensor) -> Tensor:
-    """(B,3,H,W) in [0,1] -> (B,1,H,W) luma."""
-    weights = x.new_tensor(_GRAY).view(1, 3, 1, 1)
-    return (x * weights).sum(1, keepdim=True)
+    """(B,3,H,W) in [0,1] -> (B,1,H,W) luma, with torchvision's formula (the weights are Python numbers:
+    a weight tensor made from them would be copied from the host, which makes a GPU host wait)."""
+    r, g, b = x.unbind(1)
+    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
+
+
+def per_channel(x: Tensor, values: Sequence[float]) -> Tensor:
+    """``(1, C, 1, 1)`` constant on ``x``'s device, filled there value by value (no host-to-device copy)."""
+    out = x.new_empty(1, len(values), 1, 1)
+    for channel, value in enumerate(values):
+        out[0, channel] = value
+    return out
 
 
 def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
@@ -130,9 +136,8 @@ class DevicePhotometric:
         b, c, s, h = r.color_jitter
         factors = (uniform(max(0.0, 1 - b), 1 + b), uniform(max(0.0, 1 - c), 1 + c),
                    uniform(max(0.0, 1 - s), 1 + s), uniform(-h, h))  # fmt: skip
-        order = _ORDERS.to(x.device)[
-            torch.randint(len(_ORDERS), (batch,), device=x.device, generator=generator)
-        ]
+        # A uniformly random order of the four ops per sample (argsort of i.i.d. uniforms), on the device.
+        order = torch.rand(batch, 4, device=x.device, generator=generator).argsort(dim=1)
         jitter = chosen(r.color_jitter_p)
         ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
         enabled = (b > 0, c > 0, s > 0, h > 0)
@@ -151,9 +156,7 @@ class DevicePhotometric:
             x = torch.where(chosen(r.blur_p), blurred, x)
         if r.solarize_p > 0:
             x = torch.where(chosen(r.solarize_p), solarize(x), x)
-        mean = x.new_tensor(r.mean).view(1, 3, 1, 1)
-        std = x.new_tensor(r.std).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return (x - per_channel(x, r.mean)) / per_channel(x, r.std)
 
 
 class DeviceMultiCrop:
