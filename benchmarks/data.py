@@ -6,6 +6,9 @@
                                                                       # on-device photometric stage too
     python -m benchmarks.data --folder ... --crops-on-device   # workers decode + draw boxes; crops and
                                                                # photometric ops timed on the device
+    python -m benchmarks.data --folder ... --normalize-on-host  # workers send normalised float32 crops
+
+Each run also reports the bytes of one batch and, on a GPU, the time to copy it there.
 
 The loader is the project's own (``SSLDataModule.train_dataloader`` composed from conf/ with
 ``data=folder``), so decode, crops, colour augmentations, blur, solarisation, masks and collate all count.
@@ -14,6 +17,7 @@ The loader is the project's own (``SSLDataModule.train_dataloader`` composed fro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -63,9 +67,10 @@ def build_datamodule(args: argparse.Namespace, folder: Path) -> Any:
         f"data.transform.local_crop_size={args.local_size}",
         f"data.transform.num_local_crops={args.num_local}",
         "data.persistent_workers=false",
-        "data.pin_memory=false",
+        "data.pin_memory=null",  # pinned on a GPU machine, as in training
         f"data.transform.photometric_on_device={str(args.photometric_on_device).lower()}",
         f"data.transform.crops_on_device={str(args.crops_on_device).lower()}",
+        f"data.transform.normalize_on_device={str(not args.normalize_on_host).lower()}",
     ]
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -97,9 +102,43 @@ def time_loader(datamodule: Any, workers: int, batches: int) -> dict[str, float]
     }
 
 
+def batch_tensors(batch: Any) -> list[torch.Tensor]:
+    """Every tensor of a batch dataclass (list fields flattened)."""
+    out: list[torch.Tensor] = []
+    for field in dataclasses.fields(batch):
+        value = getattr(batch, field.name)
+        out += [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, torch.Tensor)]
+    return out
+
+
+def time_transfer(batch: Any, repeats: int = 10) -> dict[str, Any]:
+    """MB of one loader batch, and on CUDA the median ms to copy it there from pinned memory with
+    ``non_blocking`` (as Lightning does with ``pin_memory``). uint8 crops are also timed as float32, which
+    is what the workers hand over when they normalise (``normalize_on_device=false``)."""
+    tensors = batch_tensors(batch)
+    crops = [t for t in tensors if t.dtype == torch.uint8 and t.ndim == 4]
+    as_float = [t for t in tensors if not (t.dtype == torch.uint8 and t.ndim == 4)] + [
+        c.float() for c in crops
+    ]
+    row: dict[str, Any] = {"mb_per_batch": sum(t.nbytes for t in tensors) / 1e6, "copy_ms": None}
+    if crops:
+        row["mb_per_batch_float32_crops"] = sum(t.nbytes for t in as_float) / 1e6
+        row["copy_ms_float32_crops"] = None
+    if not torch.cuda.is_available():
+        return row
+    device = torch.device("cuda")
+    for key, group in (("copy_ms", tensors), ("copy_ms_float32_crops", as_float if crops else None)):
+        if group is not None:
+            pinned = [t.pin_memory() for t in group]
+            row[key] = median_ms(
+                lambda p=pinned: [t.to(device, non_blocking=True) for t in p], "cuda", repeats, 2
+            )
+    return row
+
+
 def time_device_stage(datamodule: Any, repeats: int = 10) -> dict[str, Any]:
-    """Median ms of what runs on the device for one batch (crops if they are cut there, photometric ops),
-    on CUDA if present, else the CPU."""
+    """Median ms of what runs on the device for one batch (crops if they are cut there, photometric ops,
+    the normalisation), on CUDA if present, else the CPU."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     datamodule.num_workers = 0
     batch = move_data_to_device(next(iter(datamodule.train_dataloader())), device)
@@ -137,6 +176,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="workers decode and draw boxes only (data.transform.crops_on_device); times the device stage",
     )
+    p.add_argument(
+        "--normalize-on-host",
+        action="store_true",
+        help="workers hand over normalised float32 crops (data.transform.normalize_on_device=false)",
+    )
     return p.parse_args(argv)
 
 
@@ -158,8 +202,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             write_synthetic_jpegs(folder, args.synthetic, size)
         datamodule = build_datamodule(args, folder)
         rows = [time_loader(datamodule, w, args.batches) for w in workers]
-        on_device = args.photometric_on_device or args.crops_on_device
-        device_stage = time_device_stage(datamodule) if on_device else None
+        datamodule.num_workers = 0
+        transfer = time_transfer(next(iter(datamodule.train_dataloader())))
+        has_stage = datamodule.transform.device_stage is not None
+        device_stage = time_device_stage(datamodule) if has_stage else None
     report = {
         "folder": f"{args.synthetic} synthetic {args.synthetic_size} JPEGs"
         if args.synthetic
@@ -170,13 +216,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "crops": f"2x{args.global_size} + {args.num_local}x{args.local_size}",
         "photometric_on_device": args.photometric_on_device or args.crops_on_device,
         "crops_on_device": args.crops_on_device,
+        "normalize_on_device": not args.normalize_on_host,
         "rows": rows,
+        "transfer": transfer,
         "device_stage": device_stage,
     }
     print(f"{report['folder']}: batch {args.batch}, {report['crops']}, masks of {args.method}")
     print("| workers | first batch s | img/s |\n|---|---|---|")
     for r in rows:
         print(f"| {r['workers']} | {r['first_batch_s']:.2f} | {r['img_per_s']:.1f} |")
+    copy = "" if transfer["copy_ms"] is None else f", copied to the GPU in {transfer['copy_ms']:.2f} ms"
+    print(f"one batch: {transfer['mb_per_batch']:.1f} MB{copy}")
+    if "mb_per_batch_float32_crops" in transfer:
+        copy = transfer["copy_ms_float32_crops"]
+        copy_text = "" if copy is None else f", {copy:.2f} ms"
+        print(f"  (with float32 crops: {transfer['mb_per_batch_float32_crops']:.1f} MB{copy_text})")
     if device_stage is not None:
         print(
             f"device stage on {device_stage['device']}: {device_stage['ms_per_batch']:.1f} ms per batch "

@@ -35,7 +35,7 @@ DIFFERENT_GPU_NOTE = {
 # Labels that benchmarks.step.suite_specs gives the table rows (the rest are speed-switch rows).
 TABLE_LABEL = re.compile(r"^\w+ ViT-\w+/\d+ (optimised|baseline)(, packed crops)?$")
 LOADER_FILES = {
-    "data.json": "everything in the workers (default)",
+    "data.json": "the recipe in the workers, uint8 crops normalised on the device (default)",
     "data_photometric.json": "`data.transform.photometric_on_device=true`",
     "data_crops.json": "`data.transform.crops_on_device=true`",
 }
@@ -89,7 +89,8 @@ def step_table(rows: list[dict[str, Any]], with_targets: bool) -> str:
 
 def loader_table(reports: dict[str, dict[str, Any]]) -> str:
     workers = sorted({r["workers"] for report in reports.values() for r in report["rows"]})
-    header = ["loader", *(f"{w} workers img/s" for w in workers), "device stage ms/batch (img/s)"]
+    header = ["loader", *(f"{w} workers img/s" for w in workers), "MB/batch, copy ms",
+              "device stage ms/batch (img/s)"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, report in reports.items():
         by_workers = {r["workers"]: r["img_per_s"] for r in report["rows"]}
@@ -97,9 +98,13 @@ def loader_table(reports: dict[str, dict[str, Any]]) -> str:
         stage_cell = (
             f"{stage['ms_per_batch']:.1f} ({stage['img_per_s']:,.0f}), {stage['device']}" if stage else "—"
         )
-        cells = (
-            [LOADER_FILES.get(name, name)] + [_num(by_workers.get(w), ",.0f") for w in workers] + [stage_cell]
-        )
+        transfer = report.get("transfer")
+        copy = "—" if not transfer else f"{transfer['mb_per_batch']:.0f}, {_num(transfer['copy_ms'], '.2f')}"
+        if transfer and "mb_per_batch_float32_crops" in transfer:  # what float32 crops would have cost
+            floats = _num(transfer["copy_ms_float32_crops"], ".2f")
+            copy += f" (float32 crops: {transfer['mb_per_batch_float32_crops']:.0f}, {floats})"
+        cells = [LOADER_FILES.get(name, name), *(_num(by_workers.get(w), ",.0f") for w in workers), copy]
+        cells.append(stage_cell)
         lines.append("| " + " | ".join(cells) + " |")
     first = next(iter(reports.values()))
     lines.append(

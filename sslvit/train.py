@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from sslvit.callbacks.progress import default_progress_bar
 from sslvit.callbacks.run_config import RunConfigInCheckpoint
 from sslvit.eval.checkpoint_import import complete_for, import_backbone_state, load_any_checkpoint
 from sslvit.utils.checkpoint import load_backbone_weights
@@ -107,6 +108,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         init_backbones(model, cfg.init_from)
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks += default_progress_bar(cfg.trainer, callbacks)  # refreshed every log step on a GPU
     run_keys = [str(key) for key in cfg if key != "hydra"]  # tests compose with the hydra node included
     callbacks.append(
         RunConfigInCheckpoint(OmegaConf.to_container(OmegaConf.masked_copy(cfg, run_keys), resolve=True))

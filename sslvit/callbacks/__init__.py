@@ -8,6 +8,7 @@ from sslvit.callbacks.knn import KNNCallback
 from sslvit.callbacks.linear_probe import OnlineLinearProbe
 from sslvit.callbacks.periodic import PeriodicEvalCallback
 from sslvit.callbacks.preemption import CheckpointOnSigterm
+from sslvit.callbacks.progress import StepProgressBar
 from sslvit.callbacks.run_config import RunConfigInCheckpoint
 from sslvit.callbacks.step_seed import SeedEveryStep
 from sslvit.callbacks.tokenizer_monitor import TokenizerMonitor
@@ -24,6 +25,7 @@ __all__ = [
     "PeriodicEvalCallback",
     "RunConfigInCheckpoint",
     "SeedEveryStep",
+    "StepProgressBar",
     "TokenizerMonitor",
     "VisualizationCallback",
     "extract_features",

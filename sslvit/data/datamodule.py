@@ -44,7 +44,8 @@ class SSLDataModule(L.LightningDataModule):
         eval_train_samples: evaluate on this many ``eval_train_set`` samples (None = all): the first N of
             a permutation seeded by ``seed``, so every run and every rank uses the same subset.
         eval_val_samples: the same for ``eval_val_set``.
-        pin_memory: pin loader memory (useful with CUDA).
+        pin_memory: pin the training and evaluation batches in page-locked memory, so that their
+            copies to a GPU run asynchronously; None: when CUDA is available.
         persistent_workers: keep the training workers alive between epochs (only with workers).
         drop_last: drop the last incomplete training batch (keeps per-step batch statistics comparable).
         seed: seed of the evaluation subsets.
@@ -68,7 +69,7 @@ class SSLDataModule(L.LightningDataModule):
         eval_batch_size: int = 256,
         eval_train_samples: int | None = None,
         eval_val_samples: int | None = None,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         persistent_workers: bool = True,
         drop_last: bool = True,
         seed: int = 0,
@@ -104,7 +105,7 @@ class SSLDataModule(L.LightningDataModule):
         self.eval_transform = eval_transform
         self.masking = masking
         self.eval_batch_size = int(eval_batch_size)
-        self.pin_memory = pin_memory
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.persistent_workers = persistent_workers and num_workers > 0
         self.drop_last = drop_last
         self.seed = seed

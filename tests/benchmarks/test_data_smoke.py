@@ -16,8 +16,14 @@ SMALL = ["--synthetic", "8", "--workers", "0", "--batches", "1", "--batch", "4",
          "--global-size", "32", "--local-size", "16", "--num-local", "2"]  # fmt: skip
 
 
-@pytest.mark.parametrize("on_device", [None, "--photometric-on-device", "--crops-on-device"])
-def test_data_benchmark_reports_rows_and_the_device_stage(tmp_path, on_device):
+# Crop bytes of one batch of 4: 2 x 3 x 32^2 + 2 x 3 x 16^2 per image.
+CROP_BYTES = 4 * (2 * 3 * 32 * 32 + 2 * 3 * 16 * 16)
+
+
+@pytest.mark.parametrize(
+    "on_device", [None, "--photometric-on-device", "--crops-on-device", "--normalize-on-host"]
+)
+def test_data_benchmark_reports_rows_transfer_and_the_device_stage(tmp_path, on_device):
     out = tmp_path / "data.json"
     argv = [*SMALL, "--json", str(out)] + ([on_device] if on_device else [])
     report = data_bench.main(argv)
@@ -25,10 +31,20 @@ def test_data_benchmark_reports_rows_and_the_device_stage(tmp_path, on_device):
     (row,) = report["rows"]
     assert row["workers"] == 0 and row["images"] == 4 and row["img_per_s"] > 0
     assert report["crops_on_device"] == (on_device == "--crops-on-device")
-    if on_device:
-        assert report["device_stage"]["ms_per_batch"] > 0 and report["device_stage"]["device"] == "cpu"
-    else:
+    assert report["normalize_on_device"] == (on_device != "--normalize-on-host")
+    transfer = report["transfer"]
+    assert transfer["copy_ms"] is None  # no GPU here: bytes only
+    if on_device == "--normalize-on-host":  # normalised float32 crops: 4 bytes a value
         assert report["device_stage"] is None
+        assert 4 * CROP_BYTES < transfer["mb_per_batch"] * 1e6 < 4 * CROP_BYTES + 1000
+        assert "mb_per_batch_float32_crops" not in transfer
+    else:  # uint8 crops (or whole uint8 images), converted on the device
+        assert report["device_stage"]["ms_per_batch"] > 0 and report["device_stage"]["device"] == "cpu"
+    if on_device in (None, "--photometric-on-device"):
+        assert CROP_BYTES < transfer["mb_per_batch"] * 1e6 < CROP_BYTES + 1000  # + labels, masks
+        assert transfer["mb_per_batch_float32_crops"] * 1e6 == pytest.approx(
+            transfer["mb_per_batch"] * 1e6 + 3 * CROP_BYTES
+        )
 
 
 def test_device_check_script_writes_every_json(tmp_path):

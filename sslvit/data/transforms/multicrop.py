@@ -10,6 +10,7 @@ from torchvision import transforms as T
 
 from sslvit.data.transforms.blur import GaussianBlur, blur_kernel_size
 from sslvit.data.transforms.crop_plan import CropPlan
+from sslvit.data.transforms.device_normalize import DeviceNormalize
 from sslvit.data.transforms.device_photometric import DeviceMultiCrop, recipes_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,11 +56,16 @@ class MultiCropTransform:
         max_side: with ``crops_on_device``, larger images are first shrunk to this long side in the
             worker (None: 16/7 of the global crop size, 512 for 224, so that even a global crop of the
             smallest area is not upsampled).
+        normalize_on_device: the workers run the whole recipe but stop at uint8 crops; the conversion
+            to float and the normalisation run per batch on the training device
+            (:class:`~sslvit.data.transforms.device_normalize.DeviceNormalize`): a quarter of the bytes
+            to move, same values. The configs turn it on; the photometric device stage normalises anyway.
 
     Returns (from ``__call__``):
         ``(global_crops, local_crops)``: lists of normalised float tensors (3, H, W), or of uint8
-        tensors with ``photometric_on_device``; with ``crops_on_device``, ``(image, boxes, flips)``,
-        which the transform's ``collate_fn`` stacks into a :class:`~sslvit.data.batch.CropSourceBatch`.
+        tensors with ``photometric_on_device`` or ``normalize_on_device``; with ``crops_on_device``,
+        ``(image, boxes, flips)``, which the transform's ``collate_fn`` stacks into a
+        :class:`~sslvit.data.batch.CropSourceBatch`.
     """
 
     def __init__(
@@ -82,6 +88,7 @@ class MultiCropTransform:
         photometric_on_device: bool = False,
         crops_on_device: bool = False,
         max_side: int | None = None,
+        normalize_on_device: bool = False,
     ) -> None:
         if num_global_crops < 1 or num_local_crops < 0:
             raise ValueError(
@@ -106,6 +113,8 @@ class MultiCropTransform:
             normalize=T.Normalize(tuple(float(m) for m in mean), tuple(float(s) for s in std)),
         )
         self.photometric_on_device = bool(photometric_on_device) or bool(crops_on_device)
+        # The photometric device stage ends with the normalisation anyway.
+        self.normalize_on_device = bool(normalize_on_device) or self.photometric_on_device
         self.crops_on_device = bool(crops_on_device)
         # The workers' half when the crops are cut on the device; its collate makes a CropSourceBatch.
         self.crop_plan: CropPlan | None = None
@@ -117,7 +126,7 @@ class MultiCropTransform:
             )  # fmt: skip
             self.collate_fn = self.crop_plan.collate
         # What the DataModule runs on the device after transfer (None: the workers did everything).
-        self.device_stage: DeviceMultiCrop | None = None
+        self.device_stage: DeviceMultiCrop | DeviceNormalize | None = None
         if self.photometric_on_device:
             self.device_stage = DeviceMultiCrop(
                 recipes_of(color_jitter, color_jitter_p, grayscale_p, blur_p, sigma, solarize_p, mean, std)
@@ -126,6 +135,9 @@ class MultiCropTransform:
             self.global_view_2 = self.global_view_1
             self.local_view = _geometric_view(self.local_crop_size, local_scale, flip_p)
             return
+        if self.normalize_on_device:
+            common["normalize"] = None
+            self.device_stage = DeviceNormalize(mean, std)
         self.global_view_1 = _view(self.global_crop_size, global_scale, blur_p[0], 0.0, **common)
         self.global_view_2 = _view(self.global_crop_size, global_scale, blur_p[1], solarize_p, **common)
         self.local_view = _view(self.local_crop_size, local_scale, blur_p[2], 0.0, **common)
@@ -143,6 +155,7 @@ class MultiCropTransform:
             f"MultiCropTransform({self.num_global_crops}x{self.global_crop_size}px + "
             f"{self.num_local_crops}x{self.local_crop_size}px)\n  global 1: {self.global_view_1}\n"
             f"  global 2: {self.global_view_2}\n  local: {self.local_view}"
+            + (f"\n  then on the device: {type(self.device_stage).__name__}" if self.device_stage else "")
         )
 
 
@@ -173,7 +186,7 @@ def _view(
     jitter_p: float,
     grayscale_p: float,
     sigma: tuple[float, float],
-    normalize: T.Normalize,
+    normalize: T.Normalize | None,
 ) -> T.Compose:
     steps: list[object] = [
         T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
@@ -185,5 +198,6 @@ def _view(
         steps.append(T.RandomApply([GaussianBlur(blur_kernel_size(size), sigma=sigma)], p=blur_p))
     if solarize_p > 0:
         steps.append(T.RandomSolarize(threshold=128, p=solarize_p))
-    steps += [T.ToTensor(), normalize]
+    # None: stop at uint8 (normalize_on_device), the DataModule normalises after the transfer.
+    steps += [T.PILToTensor()] if normalize is None else [T.ToTensor(), normalize]
     return T.Compose(steps)
