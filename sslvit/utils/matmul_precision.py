@@ -3,9 +3,10 @@
 ``high`` (our default) lets CUDA float32 matmuls use TF32 tensor cores (10-bit mantissa inputs, float32
 accumulation), as the official DINOv2 training script does (``dinov2/train/train.py`` sets
 ``torch.backends.cuda.matmul.allow_tf32 = True``); ``highest`` keeps full float32; ``medium`` also
-allows bfloat16 products, on the CPU too. On the CPU ``high`` changes nothing. Under bf16-mixed
-autocast the backbone's and heads' products already run in bf16: the setting matters for
-``trainer.precision=32`` and for the float32 work around them (k-NN similarities, probes, losses).
+allows bfloat16 products (torch 2.14 applies that to CPU matmuls as well). On the CPU ``high`` changes
+nothing. Under bf16-mixed autocast the backbone's and heads' products already run in bf16: the setting
+matters for ``trainer.precision=32`` and for the float32 work around them (k-NN similarities, probes,
+losses).
 """
 
 from __future__ import annotations

@@ -45,8 +45,6 @@ def test_high_leaves_cpu_products_bitwise_equal() -> None:
     full = a @ b.T
     set_float32_matmul_precision("high")
     assert torch.equal(a @ b.T, full)
-    set_float32_matmul_precision("medium")  # bf16 products: the setting does reach the CPU kernels
-    assert not torch.equal(a @ b.T, full)
 
 
 def test_train_applies_the_config_value(tmp_path: Path) -> None:
