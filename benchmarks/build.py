@@ -59,6 +59,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="Hydra override")
 
 
+def spec_from_arguments(args: argparse.Namespace) -> RunSpec:
+    """The :class:`RunSpec` that the flags of :func:`add_run_arguments` describe (other fields default)."""
+    return RunSpec(
+        method=args.method, arch=args.arch, patch=args.patch, global_size=args.global_size,
+        local_size=args.local_size, num_local=args.num_local, batch=args.batch, pack_crops=args.pack_crops,
+        overrides=list(args.override),
+    )  # fmt: skip
+
+
 def compose_cfg(spec: RunSpec, device: torch.device) -> DictConfig:
     """conf/config.yaml composed as ``train.py`` would, with the benchmark protocol as overrides."""
     if spec.precision not in PRECISIONS:

@@ -35,6 +35,7 @@ from benchmarks.build import (
     add_run_arguments,
     build_method,
     compose_cfg,
+    spec_from_arguments,
     synthetic_batch,
 )
 from benchmarks.fake import fake_batch, make_module_fake
@@ -127,11 +128,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = p.parse_args(argv)
     quiet_known_warnings()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    template = RunSpec(
-        method=args.method, arch=args.arch, patch=args.patch, global_size=args.global_size,
-        local_size=args.local_size, num_local=args.num_local, batch=args.batch, pack_crops=args.pack_crops,
-        overrides=list(args.override),
-    )  # fmt: skip
+    template = spec_from_arguments(args)
     pairs = [(m, a) for m in ("dinov2", "dino", "ibot") for a in ("vit_small", "vit_base")]
     specs = [dataclasses.replace(template, method=m, arch=a) for m, a in pairs] if args.suite else [template]
     rows = []

@@ -35,6 +35,7 @@ from benchmarks.build import (
     add_run_arguments,
     build_method,
     compose_cfg,
+    spec_from_arguments,
     synthetic_batch,
 )
 from benchmarks.measure import (
@@ -296,12 +297,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     if args.warmup < 0 or args.steps < 1:
         raise SystemExit(f"need --warmup >= 0 and --steps >= 1, got {args.warmup}, {args.steps}")
-    template = RunSpec(
-        method=args.method, arch=args.arch, patch=args.patch, global_size=args.global_size,
-        local_size=args.local_size, num_local=args.num_local, batch=args.batch, precision=args.precision,
-        compile=args.compile, fused_adamw=not args.no_fused_adamw, sdpa=not args.no_sdpa,
-        group_crops=not args.no_group_crops, pack_crops=args.pack_crops, mode=args.mode, warmup=args.warmup,
-        steps=args.steps, overrides=list(args.override),
+    template = dataclasses.replace(
+        spec_from_arguments(args), precision=args.precision, compile=args.compile,
+        fused_adamw=not args.no_fused_adamw, sdpa=not args.no_sdpa, group_crops=not args.no_group_crops,
+        mode=args.mode, warmup=args.warmup, steps=args.steps,
     )  # fmt: skip
     specs = suite_specs(args.suite, template) if args.suite else [template]
     report: dict[str, Any] = {

@@ -30,7 +30,14 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks.build import RunSpec, add_run_arguments, build_method, compose_cfg, synthetic_batch
+from benchmarks.build import (
+    RunSpec,
+    add_run_arguments,
+    build_method,
+    compose_cfg,
+    spec_from_arguments,
+    synthetic_batch,
+)
 from benchmarks.fake import fake_batch, make_module_fake
 from benchmarks.timing import attach_trainer, set_global_step
 from sslvit.train import quiet_known_warnings
@@ -159,11 +166,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     args = p.parse_args(argv)
     quiet_known_warnings()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    spec = RunSpec(
-        method=args.method, arch=args.arch, patch=args.patch, global_size=args.global_size,
-        local_size=args.local_size, num_local=args.num_local, batch=args.batch, pack_crops=args.pack_crops,
-        overrides=list(args.override),
-    )  # fmt: skip
+    spec = spec_from_arguments(args)
     seen = audit(spec, args.steps)
     counts: dict[str, int] = {}
     for item in seen:
