@@ -5,8 +5,9 @@
 # 1. the step table and the speed switches (python -m benchmarks.step --suite all), starting no new row
 #    after STEP_BUDGET_S seconds (default 300: with the last row and the data part, the call stays
 #    under ~9 minutes of a 10-minute limit);
-# 2. the data pipeline on 2,048 synthetic 500 x 375 JPEGs with 4, 8 and 15 workers: the full CPU recipe,
-#    the photometric ops on the device, and the crops on the device (each also times its device stage).
+# 2. the data pipeline on 2,048 synthetic 500 x 375 JPEGs with 4, 8 and 15 workers: the full CPU recipe
+#    (uint8 crops, normalised on the device), the photometric ops on the device, and the crops on the
+#    device (each also times its device stage and the copy of one batch to the GPU).
 # Every result is written as JSON into OUT_DIR as soon as it exists, so a cut-off run keeps what it has.
 # STEP_ARGS, PATCH_LOSS_ARGS, DATA_ARGS, N_JPEGS and WORKERS change the settings (a CPU smoke run uses tiny ones).
 set -euo pipefail
