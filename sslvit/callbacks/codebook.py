@@ -11,6 +11,7 @@ from sslvit.callbacks.features import eval_mode
 from sslvit.callbacks.periodic import PeriodicEvalCallback, datamodule_of
 from sslvit.tokenizers.norm_ema_quantizer import usage_stats
 from sslvit.utils.distributed import all_reduce_sum
+from sslvit.utils.id_counts import id_counts
 
 
 class CodebookUsageCallback(PeriodicEvalCallback):
@@ -51,7 +52,7 @@ class CodebookUsageCallback(PeriodicEvalCallback):
             for batch in datamodule_of(trainer).eval_dataloader("val"):
                 images = batch[0].to(device)
                 ids, rec_loss = module.evaluation_stats(images)
-                counts += torch.bincount(ids.flatten(), minlength=vocab_size).to(counts.dtype)
+                counts += id_counts(ids, vocab_size).to(counts.dtype)
                 totals += torch.stack([rec_loss.double().sum(), totals.new_tensor(rec_loss.numel())])
         all_reduce_sum(counts)
         all_reduce_sum(totals)

@@ -23,6 +23,7 @@ import torch
 from sslvit.callbacks.finite_loss import FiniteLossGuard
 from sslvit.callbacks.health_metrics import effective_rank, entropy, kl_to_uniform
 from sslvit.losses import Centering
+from sslvit.utils.id_counts import id_counts
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class _Window:
         probs = probs.detach().float()
         entropy_sum = entropy(probs).sum()
         probs_sum = probs.sum(dim=0)
-        counts = torch.bincount(probs.argmax(dim=-1), minlength=probs.shape[-1])
+        counts = id_counts(probs.argmax(dim=-1), probs.shape[-1])
         if self.probs_sum is None or self.probs_sum.shape != probs_sum.shape:
             self.entropy_sum, self.probs_sum, self.argmax_counts = entropy_sum, probs_sum, counts
         else:

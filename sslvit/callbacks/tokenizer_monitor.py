@@ -13,6 +13,7 @@ from sslvit.callbacks.features import eval_mode
 from sslvit.callbacks.periodic import PeriodicEvalCallback, datamodule_of
 from sslvit.tokenizers.dvae import usage_and_perplexity
 from sslvit.utils.distributed import all_reduce_sum
+from sslvit.utils.id_counts import id_counts
 
 
 class TokenizerMonitor(PeriodicEvalCallback):
@@ -63,7 +64,7 @@ class TokenizerMonitor(PeriodicEvalCallback):
         with eval_mode(pl_module):
             for images, _labels, _indices in datamodule_of(trainer).eval_dataloader("val"):
                 images = images.to(device, non_blocking=True)
-                counts += torch.bincount(tokenizer.encode(images).flatten(), minlength=counts.numel())
+                counts += id_counts(tokenizer.encode(images), counts.numel())
                 if reconstruct is None:
                     continue
                 recon = reconstruct(images).float()

@@ -14,6 +14,7 @@ from sslvit.methods.optim_config import OptimConfig, apply_lr_wd
 from sslvit.tokenizers.dvae import DVAE, kl_to_uniform, usage_and_perplexity
 from sslvit.tokenizers.io import TOKENIZER_KEY, save_tokenizer, tokenizer_record
 from sslvit.utils.distributed import all_reduce_sum
+from sslvit.utils.id_counts import id_counts
 from sslvit.utils.param_groups import param_groups
 from sslvit.utils.schedules import cosine_schedule
 
@@ -134,7 +135,7 @@ class DVAETraining(L.LightningModule):
         self.log_dict(terms, on_step=True, on_epoch=False, batch_size=batch_size)
         self.log_dict({f"sched/{k}": v for k, v in values.items()}, on_step=True, on_epoch=False)
         with torch.no_grad():
-            counts = torch.bincount(out.logits.argmax(dim=1).flatten(), minlength=self.tokenizer.vocab_size)
+            counts = id_counts(out.logits.argmax(dim=1), self.tokenizer.vocab_size)
             usage, perplexity = usage_and_perplexity(all_reduce_sum(counts.float()))
         self.log_dict({"health/codebook_usage": 100.0 * usage, "health/perplexity": perplexity}, on_step=True)
         self.log(

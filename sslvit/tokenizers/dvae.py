@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from sslvit.tokenizers.base import token_grid
 from sslvit.tokenizers.dalle import Conv, DALLEStyleEncoder, ResidualBlock
+from sslvit.utils.id_counts import id_counts
 
 
 class DVAEOutput(NamedTuple):
@@ -161,7 +162,7 @@ def code_statistics(token_ids: Tensor, vocab_size: int) -> tuple[Tensor, Tensor]
     The perplexity of the empirical code distribution p is K when every code is used equally and 1 when
     a single code takes every position (codebook collapse).
     """
-    counts = torch.bincount(token_ids.reshape(-1), minlength=vocab_size).float()
+    counts = id_counts(token_ids, vocab_size).float()
     return usage_and_perplexity(counts)
 
 

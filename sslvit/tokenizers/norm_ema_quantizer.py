@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sslvit.utils.distributed import all_gather_cat, all_reduce_sum, world_size
+from sslvit.utils.id_counts import id_counts
 
 
 class Quantized(NamedTuple):
@@ -71,7 +72,7 @@ def spherical_kmeans(samples: Tensor, num_clusters: int, iters: int, seed: int) 
     for _ in range(iters):
         assign = (samples @ centres.t()).argmax(dim=1)
         sums = torch.zeros_like(centres).index_add_(0, assign, samples)
-        counts = torch.bincount(assign, minlength=num_clusters).to(samples.dtype)
+        counts = id_counts(assign, num_clusters).to(samples.dtype)
         all_reduce_sum(sums)
         all_reduce_sum(counts)
         centres = torch.where(counts[:, None] > 0, F.normalize(sums, dim=1), centres)
@@ -144,6 +145,18 @@ class NormEMAQuantizer(nn.Module):
         # Usage since the last reset_usage() (global counts); not part of the checkpoint.
         self.register_buffer("usage_counts", torch.zeros(num_codes), persistent=False)
         self.num_restarted = 0  # entries re-seeded so far in this process's lifetime
+        self._seen_initialised = False  # the buffer read True once: no device read per step after that
+
+    def is_initialised(self) -> bool:
+        """Whether the codebook has been initialised; reads the buffer (a GPU host sync) only until it
+        first says so, not on every training step."""
+        if not self._seen_initialised:
+            self._seen_initialised = bool(self.initialised)
+        return self._seen_initialised
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._seen_initialised = False  # a loaded ``initialised`` is read afresh
+        super()._load_from_state_dict(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------ lookup
     def nearest(self, z: Tensor) -> Tensor:
@@ -158,7 +171,7 @@ class NormEMAQuantizer(nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = F.normalize(z.float(), dim=-1)
             flat = z.reshape(-1, self.code_dim)  # (n, d)
-            if self.training and not bool(self.initialised):
+            if self.training and not self.is_initialised():
                 self.kmeans_init(flat.detach())
             ids = self.nearest(flat.detach())
             codes = self.codebook[ids].view_as(z)
@@ -179,11 +192,12 @@ class NormEMAQuantizer(nn.Module):
         # their direction survives until they are used (or restarted).
         self.embed_sum.copy_(centres * counts.clamp(min=1.0)[:, None])
         self.initialised.fill_(True)
+        self._seen_initialised = True
 
     @torch.no_grad()
     def ema_update(self, flat: Tensor, ids: Tensor) -> None:
         """One EMA step from this batch's (all-reduced) assignments, then optional dead-entry restarts."""
-        counts = torch.bincount(ids, minlength=self.num_codes).to(flat.dtype)  # n_k
+        counts = id_counts(ids, self.num_codes).to(flat.dtype)  # n_k
         sums = torch.zeros_like(self.embed_sum).index_add_(0, ids, flat)  # sum of z assigned to k
         all_reduce_sum(counts)
         all_reduce_sum(sums)
