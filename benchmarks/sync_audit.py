@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import numbers
 import traceback
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.fabric.utilities.device_dtype_mixin import _DeviceDtypeModuleMixin as DeviceDtypeModuleMixin
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -123,6 +126,24 @@ class SyncWatch(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+def log_as_lightning_does(method: Any) -> None:
+    """Give ``method`` a ``log`` / ``log_dict`` that turn each value into a tensor with Lightning's own
+    conversion (after the module's ``number_on_device``, as ``SyncFreeLogging.log`` does), then drop it:
+    ``self.log`` needs ``Trainer.fit``'s result collection, but its copies to the device should be seen."""
+    to_tensor = L.LightningModule._LightningModule__to_tensor  # type: ignore[attr-defined]
+    convert = getattr(method, "number_on_device", lambda value: value)
+
+    def log(name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(value, torch.Tensor | numbers.Number):
+            to_tensor(method, convert(value), name)
+
+    def log_dict(values: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        for name, value in values.items():
+            log(name, value)
+
+    method.log, method.log_dict = log, log_dict
+
+
 def audit(spec: RunSpec, steps: int = 2) -> list[str]:
     """The syncing ops of ``steps`` steps of ``spec`` on fake CUDA tensors. Empty = the step never makes
     the host wait."""
@@ -140,6 +161,11 @@ def audit_step(method: Any, batch: Any, trainer: Any, steps: int = 2) -> list[st
     cuda = torch.device("cuda")
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     make_module_fake(method, mode, cuda)
+    fake_device = next(method.parameters()).device  # cuda:0 (an index-less "cuda" would query the driver)
+    for module in method.modules():  # Lightning's own record of the device, which logging reads
+        if isinstance(module, DeviceDtypeModuleMixin):
+            module._device = fake_device
+    log_as_lightning_does(method)
     batch = fake_batch(batch, mode, cuda)
     watch = SyncWatch("cuda")
     with mode:

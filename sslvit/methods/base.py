@@ -5,17 +5,17 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import lightning as L
 import torch
 from torch import nn
 
 from sslvit.methods.optim_config import OptimConfig, apply_lr_wd
+from sslvit.methods.sync_free_logging import SyncFreeLogging
 from sslvit.utils.fsdp import unwrapped_name
 from sslvit.utils.param_groups import param_groups
 from sslvit.utils.schedules import cosine_schedule, linear_warmup
 
 
-class TeacherStudentModule(L.LightningModule):
+class TeacherStudentModule(SyncFreeLogging):
     """Student networks, an EMA teacher, step-based schedules, parameter groups and clipping.
 
     A leaf method adds its heads to ``self.student`` (a ``ModuleDict`` that already holds ``backbone``),

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
 from sslvit.data.batch import MaskedImageBatch
 from sslvit.methods.optim_config import OptimConfig, apply_lr_wd
+from sslvit.methods.sync_free_logging import SyncFreeLogging
 from sslvit.tokenizers.dvae import DVAE, kl_to_uniform, usage_and_perplexity
 from sslvit.tokenizers.io import TOKENIZER_KEY, save_tokenizer, tokenizer_record
 from sslvit.utils.distributed import all_reduce_sum
@@ -34,7 +34,7 @@ def kl_weight_at(step: int, warmup_steps: int, end: float) -> float:
     return cosine_schedule(step, max(1, warmup_steps), 0.0, end)
 
 
-class DVAETraining(L.LightningModule):
+class DVAETraining(SyncFreeLogging):
     """Trains a :class:`~sslvit.tokenizers.dvae.DVAE` (the tokenizer of BEiT, Bao et al., 2022).
 
     As in DALL-E (Ramesh et al., 2021, arXiv:2102.12092): the decoder reconstructs the image from a

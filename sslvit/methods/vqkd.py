@@ -14,6 +14,7 @@ from sslvit.data.batch import MultiCropBatch
 from sslvit.methods.base import TeacherStudentModule
 from sslvit.methods.feature_teacher import FeatureTeacher
 from sslvit.methods.optim_config import OptimConfig
+from sslvit.tokenizers.dvae import usage_and_perplexity
 from sslvit.tokenizers.io import TOKENIZER_KEY, save_tokenizer, tokenizer_record
 from sslvit.tokenizers.vqkd import VQKD, cosine_reconstruction_loss
 from sslvit.utils.fsdp import unwrapped_name
@@ -103,7 +104,7 @@ class VQKDTraining(TeacherStudentModule):
         if usage_window < 1:
             raise ValueError(f"usage_window must be >= 1, got {usage_window}")
         self.usage_window = int(usage_window)
-        self._window_usage: tuple[float, float] | None = None
+        self._window_usage: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def tokenizer(self) -> VQKD:
@@ -143,10 +144,12 @@ class VQKDTraining(TeacherStudentModule):
     def log_codebook_usage(self) -> None:
         """Usage and perplexity of the last complete window (the running one before the first ends)."""
         quantizer = self.tokenizer.quantizer
+        # Tensors throughout: reading the statistics as floats every step would make a GPU host wait.
         if (self.trainer.global_step + 1) % self.usage_window == 0:
-            self._window_usage = quantizer.usage()
+            self._window_usage = usage_and_perplexity(quantizer.usage_counts.clone())
             quantizer.reset_usage()
-        usage, perplexity = self._window_usage or quantizer.usage()
+        window = self._window_usage
+        usage, perplexity = window if window is not None else usage_and_perplexity(quantizer.usage_counts)
         self.log("health/codebook_usage", usage, on_step=True, on_epoch=False)
         self.log("health/codebook_perplexity", perplexity, on_step=True, on_epoch=False)
         self.log("health/codebook_restarts", float(quantizer.num_restarted), on_step=True, on_epoch=False)
