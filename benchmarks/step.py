@@ -111,11 +111,12 @@ def run_one(spec: RunSpec, device: torch.device, seed: int = 0, flops_only: bool
         reset_peak_memory(dev)
         if spec.mode == "step":
             times, losses = time_step_mode(method, trainer, batch, num_steps, dev)
-        elif spec.mode == "fit":
+        elif spec.mode in ("fit", "fit-callbacks"):
             detach_trainer(method)
-            times, losses = time_fit_mode(method, cfg, batch, num_steps, dev)
+            with_callbacks = spec.mode == "fit-callbacks"
+            times, losses = time_fit_mode(method, cfg, batch, num_steps, dev, with_callbacks)
         else:
-            raise ValueError(f"mode must be step or fit, got {spec.mode!r}")
+            raise ValueError(f"mode must be step, fit or fit-callbacks, got {spec.mode!r}")
     memory = peak_memory_gib(dev)
     timed = times[spec.warmup :]
     ms = statistics.median(timed)
@@ -193,6 +194,9 @@ def suite_specs(name: str, template: RunSpec) -> list[RunSpec]:
             dataclasses.replace(base, label=f"{tag} + packed crops", pack_crops=True),
             dataclasses.replace(base, label=f"{tag} + compile + packed crops", compile=True, pack_crops=True),
             dataclasses.replace(base, label=f"{tag} through Trainer.fit", mode="fit"),
+            dataclasses.replace(
+                base, label=f"{tag} through Trainer.fit, per-step callbacks and logger", mode="fit-callbacks"
+            ),
             dataclasses.replace(base, method="dino", label=f"dino ViT-S/{patch} baseline"),
             dataclasses.replace(
                 base, method="dino", label=f"dino ViT-S/{patch} crops not grouped", group_crops=False
@@ -273,7 +277,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-fused-adamw", action="store_true", help="method.optim.fused=false")
     p.add_argument("--no-sdpa", action="store_true", help="backbone.fused_attn=false")
     p.add_argument("--no-group-crops", action="store_true", help="DINO: one student pass per crop")
-    p.add_argument("--mode", default="step", choices=["step", "fit"])
+    p.add_argument(
+        "--mode",
+        default="step",
+        choices=["step", "fit", "fit-callbacks"],
+        help="fit: through Trainer.fit; fit-callbacks: also the per-step callbacks and a logger",
+    )
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--suite", nargs="?", const="table", choices=["table", "switches", "all"])

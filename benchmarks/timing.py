@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,8 +11,10 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
+from sslvit.callbacks import FiniteLossGuard, HealthMonitor, SeedEveryStep
 from sslvit.data.batch import MultiCropBatch
 
 
@@ -157,23 +160,38 @@ class _StepTimer(L.Callback):
         self.marks.mark()
 
 
+def per_step_callbacks() -> list[L.Callback]:
+    """What every training config runs each step besides the step itself (``callbacks=default`` without
+    the periodic evaluations and the checkpoint files): the NaN guard (one deliberate host sync per
+    step), the health monitor and the per-step seeding."""
+    return [FiniteLossGuard(), HealthMonitor(), SeedEveryStep(seed=0)]
+
+
 def time_fit_mode(
-    method: Any, cfg: DictConfig, batch: MultiCropBatch, num_steps: int, device_type: str
+    method: Any,
+    cfg: DictConfig,
+    batch: MultiCropBatch,
+    num_steps: int,
+    device_type: str,
+    with_callbacks: bool = False,
 ) -> tuple[list[float], list[float]]:
-    """Per-step milliseconds of ``Trainer.fit`` over a loader that yields the same pre-built batch."""
+    """Per-step milliseconds of ``Trainer.fit`` over a loader that yields the same pre-built batch;
+    ``with_callbacks``: also :func:`per_step_callbacks` and a CSV logger writing every
+    ``trainer.log_every_n_steps`` steps, as a training run has them."""
     timer = _StepTimer(device_type)
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        max_epochs=1,
-        max_steps=num_steps,
-        limit_train_batches=None,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    loader = torch.utils.data.DataLoader(_SameBatch(batch, num_steps), batch_size=None, num_workers=0)
-    trainer.fit(method, train_dataloaders=loader)
+    with tempfile.TemporaryDirectory(prefix="sslvit_bench_fit_") as logs:
+        trainer: L.Trainer = instantiate(
+            cfg.trainer,
+            max_epochs=1,
+            max_steps=num_steps,
+            limit_train_batches=None,
+            logger=CSVLogger(logs) if with_callbacks else False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[timer, *(per_step_callbacks() if with_callbacks else [])],
+        )
+        loader = torch.utils.data.DataLoader(_SameBatch(batch, num_steps), batch_size=None, num_workers=0)
+        trainer.fit(method, train_dataloaders=loader)
     loss = trainer.callback_metrics.get("train/loss")
     return timer.marks.durations_ms(), [] if loss is None else [float(loss)]

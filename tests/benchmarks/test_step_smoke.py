@@ -9,13 +9,14 @@ import json
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds `benchmarks`
 
-from benchmarks import step
+from benchmarks import step, timing
 
 TINY = [
     "--arch", "vit_test", "--patch", "8", "--global-size", "32", "--local-size", "16", "--num-local", "2",
@@ -35,7 +36,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("mode", ["step", "fit"])
+@pytest.mark.parametrize("mode", ["step", "fit", "fit-callbacks"])
 def test_step_benchmark_writes_complete_json(mode: str, tmp_path: Path, one_thread: None) -> None:
     out = tmp_path / "bench.json"
     report = step.main([*TINY, "--method", "dinov2", "--mode", mode, "--json", str(out)])
@@ -78,3 +79,19 @@ def test_suite_all_times_the_target_rows_packed_before_the_rest() -> None:
     assert all(s.pack_crops and s.compile and s.fused_adamw for s in packed)
     assert not any(s.pack_crops for s in specs[:6])
     assert len({s.label for s in specs}) == len(specs)  # no row timed twice
+
+
+def test_fit_callbacks_mode_runs_the_per_step_callbacks(
+    tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+
+    class Recorder(L.Callback):
+        def on_train_batch_end(self, *args: object) -> None:
+            seen.append("batch")
+
+    made = timing.per_step_callbacks()
+    assert {type(c).__name__ for c in made} == {"FiniteLossGuard", "HealthMonitor", "SeedEveryStep"}
+    monkeypatch.setattr(timing, "per_step_callbacks", lambda: [*made, Recorder()])
+    step.main([*TINY, "--method", "dino", "--mode", "fit-callbacks", "--json", str(tmp_path / "b.json")])
+    assert len(seen) == 3  # one per step: warm-up 1 + 2 timed
