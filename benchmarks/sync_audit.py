@@ -11,7 +11,8 @@ kernels that lets the GPU run ahead of Python. :class:`SyncWatch` records these 
 our code that called them. ``audit`` builds the method and the protocol batch as ``benchmarks.step``
 does, makes them fake tensors on a CUDA device (``FakeTensorMode`` needs no GPU for that) and watches
 the step: schedules, zero_grad, ``training_step`` (teacher and student, heads, losses, centre updates),
-the last-layer freeze and gradient clipping (on zero gradients), and the EMA update after AdamW.
+the last-layer freeze and gradient clipping (on zero gradients), the EMA update after AdamW, and
+what the step's ``self.log`` calls make of their values (Lightning's own conversion).
 
 Not watched here: the backward pass (autograd's engine needs a real device for CUDA tensors; its
 formulas are torch's own except our autograd Functions, which ``tests/methods/test_no_host_sync.py``
