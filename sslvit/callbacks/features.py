@@ -90,11 +90,14 @@ def extract_features(
             seen += images.shape[0]
             out = pl_module(images.to(device, non_blocking=True))
             feats.append(out.float())
-            labels.append(batch_labels.to(device=device, dtype=torch.int64))
-            indices.append(batch_indices.to(device=device, dtype=torch.int64))
+            # Labels and indices stay on the host until the end: a blocking copy per batch would make
+            # the host wait for each batch's forward pass before queueing the next one.
+            labels.append(batch_labels.to(dtype=torch.int64))
+            indices.append(batch_indices.to(dtype=torch.int64))
     if not feats:
         raise ValueError("evaluation loader yielded no batches")
-    features, all_labels, all_indices = torch.cat(feats), torch.cat(labels), torch.cat(indices)
+    features = torch.cat(feats)
+    all_labels, all_indices = torch.cat(labels).to(device), torch.cat(indices).to(device)
     if is_distributed():
         features, all_labels, all_indices = (_gather_rows(t) for t in (features, all_labels, all_indices))
     # Padding repeats samples: keep one row per index (duplicates hold the same sample), in index order.

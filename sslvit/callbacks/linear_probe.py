@@ -81,8 +81,9 @@ class OnlineLinearProbe(PeriodicEvalCallback):
             probe.weight.normal_(0.0, self.init_std, generator=generator)
             probe.bias.zero_()
         self.probe = probe.to(device)
+        # fused: it honours ``found_inf`` (a step to skip, decided on the device), on GPUs and CPUs.
         self.optimizer = torch.optim.AdamW(
-            self.probe.parameters(), lr=self.lr, weight_decay=self.weight_decay
+            self.probe.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -128,28 +129,28 @@ class OnlineLinearProbe(PeriodicEvalCallback):
             with torch.no_grad(), eval_mode(pl_module):
                 features = pl_module(batch.global_crops[0])
         features = features.detach().float()  # detached: no gradient can reach the method
-        labels = labels.to(features.device)
+        labels = labels.to(features.device)  # already there when Lightning moved the batch
         if labels.shape != (features.shape[0],):
             raise ValueError(f"labels {tuple(labels.shape)} do not match features {tuple(features.shape)}")
+        # Every training step, so nothing here may make a GPU host wait: unlabelled rows (-1) are ignored
+        # by the loss instead of filtered out (a filter sizes its output from the device), and a global
+        # batch without labels skips the update on the device (fused AdamW's found_inf), not in Python.
         keep = labels >= 0
         with torch.enable_grad(), torch.autocast(features.device.type, enabled=False):
-            logits = self.probe(features[keep])
-            loss_sum = F.cross_entropy(logits, labels[keep], reduction="sum")
-        correct = (logits.detach().argmax(dim=1) == labels[keep]).sum()
+            logits = self.probe(features)
+            loss_sum = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum")
+        correct = ((logits.detach().argmax(dim=1) == labels) & keep).sum()
         # [loss sum, correct, count] over the global batch: one collective, same numbers on every rank.
         stats = all_reduce_sum(torch.stack([loss_sum.detach(), correct.float(), keep.sum().float()]))
-        count = float(stats[2])
-        if count == 0:  # no labelled row on any rank: every rank skips together
-            return
+        count = stats[2].clamp_min(1.0)
         self.optimizer.zero_grad(set_to_none=True)
         (loss_sum / count).backward()  # local share of the global-batch mean loss
         self._sum_grads_over_ranks()
+        self.optimizer.found_inf = (stats[2] == 0).float()  # type: ignore[attr-defined]  # 1: skip the step
         self.optimizer.step()
-        local_count = int(keep.sum())
-        pl_module.log("train/linear_probe_loss", stats[0] / count, on_step=True, batch_size=local_count)
-        pl_module.log(
-            "train/linear_probe_top1", 100.0 * stats[1] / count, on_step=True, batch_size=local_count
-        )
+        rows = features.shape[0]
+        pl_module.log("train/linear_probe_loss", stats[0] / count, on_step=True, batch_size=rows)
+        pl_module.log("train/linear_probe_top1", 100.0 * stats[1] / count, on_step=True, batch_size=rows)
 
     def _sum_grads_over_ranks(self) -> None:
         assert self.probe is not None

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds `benchmarks`
+
+from benchmarks.fake import fake_copy, make_module_fake
+from benchmarks.sync_audit import SyncWatch
 from sslvit.callbacks import KNNCallback, OnlineLinearProbe
 
 
@@ -64,6 +71,27 @@ def test_probe_skips_unlabelled_rows(make_module: Any, make_batch: Any) -> None:
     reference.optimizer.step()
     torch.testing.assert_close(probe.probe.weight, reference.probe.weight)
     torch.testing.assert_close(probe.probe.bias, reference.probe.bias)
+
+
+def test_a_batch_without_labels_leaves_the_probe_unchanged(make_module: Any, make_batch: Any) -> None:
+    probe = OnlineLinearProbe(lr=0.1)
+    probe._enabled = True
+    probe._build(embed_dim=2, num_classes=2, device=torch.device("cpu"))
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    labelled = make_batch(features[:, :, None, None], torch.tensor([0, 1]))
+    unlabelled = make_batch(features[:, :, None, None], torch.tensor([-1, -1]))
+    with pytest.warns(UserWarning, match="not registered"):  # pl_module.log without a Trainer
+        probe.on_train_batch_end(None, make_module(dim=2), {"features": features}, labelled, 0)  # type: ignore[arg-type]
+    weight, moment = (
+        probe.probe.weight.detach().clone(),
+        probe.optimizer.state[probe.probe.weight]["exp_avg"].clone(),
+    )
+    with pytest.warns(UserWarning, match="not registered"):
+        probe.on_train_batch_end(None, make_module(dim=2), {"features": features}, unlabelled, 1)  # type: ignore[arg-type]
+    # Skipped on the device: no update, no moment update, the step count stays at 1.
+    assert torch.equal(probe.probe.weight, weight)
+    assert torch.equal(probe.optimizer.state[probe.probe.weight]["exp_avg"], moment)
+    assert int(probe.optimizer.state[probe.probe.weight]["step"]) == 1
 
 
 def test_state_dict_round_trip_and_shape_check() -> None:
@@ -126,3 +154,30 @@ def test_no_labels_disables_probe(tmp_path: Path, make_module: Any, make_datamod
         trainer.fit(make_module(), datamodule=make_datamodule(has_labels=False))
     assert probe.probe is None and probe.state_dict() == {}
     assert "val/linear_top1" not in trainer.callback_metrics
+
+
+def test_a_probe_step_makes_no_host_wait_on_fake_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every training step trains the probe: on fake CUDA tensors no op may read back from the device.
+    (Autograd cannot run backward on fake CUDA tensors: it leaves zero gradients here.)"""
+    cuda, mode = torch.device("cuda", 0), FakeTensorMode(allow_non_fake_inputs=True)
+    probe = OnlineLinearProbe()
+    probe._enabled = True
+    probe._build(embed_dim=2, num_classes=2, device=torch.device("cpu"))
+    make_module_fake(probe.probe, mode, cuda)  # then the same optimizer over the fake parameters
+    with mode:
+        probe.optimizer = torch.optim.AdamW(probe.probe.parameters(), lr=probe.lr, fused=True)
+
+    def zero_grads(loss: torch.Tensor) -> None:
+        for param in probe.probe.parameters():
+            param.grad = torch.zeros_like(param)
+
+    monkeypatch.setattr(torch.Tensor, "backward", zero_grads)
+    features = fake_copy(mode, torch.randn(4, 2), cuda)
+    batch = SimpleNamespace(labels=fake_copy(mode, torch.tensor([0, 1, -1, 1]), cuda))
+    logged: list[str] = []
+    module = SimpleNamespace(log=lambda name, *args, **kwargs: logged.append(name))
+    with mode, SyncWatch("cuda") as watch:
+        for step in range(2):
+            probe.on_train_batch_end(None, module, {"features": features}, batch, step)  # type: ignore[arg-type]
+    assert watch.seen == []
+    assert logged == ["train/linear_probe_loss", "train/linear_probe_top1"] * 2
