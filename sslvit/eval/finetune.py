@@ -11,7 +11,6 @@ transform's (no augmentation, no mixup), which suits a quick check rather than a
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -127,24 +126,32 @@ def finetune(
     epoch_losses, step = [], 0
     model.train()
     for _ in range(epochs):
-        losses = []
+        # Summed and checked on the device, read once per epoch: a read per step would make the host wait
+        # for every step before queueing the next one.
+        loss_sum = torch.zeros((), device=device)
+        first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        batches = 0
         for batch in train_loader:
-            images, labels = batch[0].to(device), torch.as_tensor(batch[1]).to(device)
+            images = batch[0].to(device, non_blocking=True)
+            labels = torch.as_tensor(batch[1]).to(device, non_blocking=True)
             scheduled = cosine_schedule(step, total, lr, min_lr, warmup_steps=warmup)
             for group in optimizer.param_groups:
                 group["lr"] = scheduled * group["lr_scale"]
                 group["weight_decay"] = weight_decay if group["apply_wd"] else 0.0
             loss = F.cross_entropy(model(images), labels)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"fine-tuning loss is {loss.item()} at step {step}; lower eval.lr")
+            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip_grad > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
             optimizer.step()
-            losses.append(loss.item())
-            step += 1
-        epoch_losses.append(sum(losses) / max(1, len(losses)))
+            loss_sum += loss.detach()
+            step, batches = step + 1, batches + 1
+        if int(first_bad_step) >= 0:
+            raise FloatingPointError(
+                f"fine-tuning loss is not finite from step {int(first_bad_step)} on; lower eval.lr"
+            )
+        epoch_losses.append(float(loss_sum) / max(1, batches))
         log.info("fine-tuning epoch %d/%d: mean train loss %.4f", len(epoch_losses), epochs, epoch_losses[-1])
     lr_scales = {}
     for group in groups:

@@ -40,3 +40,12 @@ def test_finetune_rejects_zero_epochs():
     backbone = MaskedViT(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2)
     with pytest.raises(ValueError, match="epochs"):
         finetune(backbone, [], [], num_classes=2, epochs=0)
+
+
+def test_a_non_finite_loss_stops_fine_tuning_naming_its_first_step():
+    torch.manual_seed(0)
+    backbone = MaskedViT(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2)
+    train = colour_batches(4, 8, seed=0)
+    train[2][0][0, 0, 0, 0] = float("nan")  # the third batch's loss is NaN
+    with pytest.raises(FloatingPointError, match=r"not finite from step 2 on; lower eval\.lr"):
+        finetune(backbone, train, colour_batches(1, 8, seed=1), num_classes=3, epochs=1, lr=1e-3)
