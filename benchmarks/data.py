@@ -117,31 +117,31 @@ def time_transfer(batch: Any, repeats: int = 10) -> dict[str, Any]:
     is what the workers hand over when they normalise (``normalize_on_device=false``)."""
     tensors = batch_tensors(batch)
     crops = [t for t in tensors if t.dtype == torch.uint8 and t.ndim == 4]
-    as_float = [t for t in tensors if not (t.dtype == torch.uint8 and t.ndim == 4)] + [
-        c.float() for c in crops
-    ]
-    row: dict[str, Any] = {"mb_per_batch": sum(t.nbytes for t in tensors) / 1e6, "copy_ms": None}
-    if crops:
-        row["mb_per_batch_float32_crops"] = sum(t.nbytes for t in as_float) / 1e6
+    nbytes = sum(t.nbytes for t in tensors)
+    row: dict[str, Any] = {"mb_per_batch": nbytes / 1e6, "copy_ms": None}
+    if crops:  # float32 crops take 4 bytes a value instead of 1
+        row["mb_per_batch_float32_crops"] = (nbytes + 3 * sum(c.numel() for c in crops)) / 1e6
         row["copy_ms_float32_crops"] = None
     if not torch.cuda.is_available():
         return row
     device = torch.device("cuda")
-    for key, group in (("copy_ms", tensors), ("copy_ms_float32_crops", as_float if crops else None)):
-        if group is not None:
-            pinned = [t.pin_memory() for t in group]
-            row[key] = median_ms(
-                lambda p=pinned: [t.to(device, non_blocking=True) for t in p], "cuda", repeats, 2
-            )
+    groups = {"copy_ms": tensors}
+    if crops:
+        groups["copy_ms_float32_crops"] = [t for t in tensors if not any(t is c for c in crops)]
+        groups["copy_ms_float32_crops"] += [c.float() for c in crops]
+    for key, group in groups.items():
+        pinned = [t.pin_memory() for t in group]
+        row[key] = median_ms(
+            lambda p=pinned: [t.to(device, non_blocking=True) for t in p], "cuda", repeats, 2
+        )
     return row
 
 
-def time_device_stage(datamodule: Any, repeats: int = 10) -> dict[str, Any]:
-    """Median ms of what runs on the device for one batch (crops if they are cut there, photometric ops,
-    the normalisation), on CUDA if present, else the CPU."""
+def time_device_stage(datamodule: Any, loaded: Any, repeats: int = 10) -> dict[str, Any]:
+    """Median ms of what runs on the device for the ``loaded`` batch (crops if they are cut there,
+    photometric ops, the normalisation), on CUDA if present, else the CPU."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    datamodule.num_workers = 0
-    batch = move_data_to_device(next(iter(datamodule.train_dataloader())), device)
+    batch = move_data_to_device(loaded, device)
     stage = datamodule.transform.device_stage
 
     def run() -> None:
@@ -203,9 +203,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         datamodule = build_datamodule(args, folder)
         rows = [time_loader(datamodule, w, args.batches) for w in workers]
         datamodule.num_workers = 0
-        transfer = time_transfer(next(iter(datamodule.train_dataloader())))
+        loaded = next(iter(datamodule.train_dataloader()))  # one batch for the copy and the device stage
+        transfer = time_transfer(loaded)
         has_stage = datamodule.transform.device_stage is not None
-        device_stage = time_device_stage(datamodule) if has_stage else None
+        device_stage = time_device_stage(datamodule, loaded) if has_stage else None
     report = {
         "folder": f"{args.synthetic} synthetic {args.synthetic_size} JPEGs"
         if args.synthetic
