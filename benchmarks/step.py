@@ -205,8 +205,9 @@ def suite_specs(name: str, template: RunSpec) -> list[RunSpec]:
                 base, method="dino", label=f"dino ViT-S/{patch} packed crops", pack_crops=True
             ),
         ]
-        # Stochastic depth 0.3 on ViT-B (the reference's drop-path row): dropped samples skipped or masked.
-        drop = [*template.overrides, "backbone.drop_path_rate=0.3"]
+        # Stochastic depth 0.3 in every block of ViT-B (the reference's drop-path row, the official config's
+        # uniform rate): dropped samples skipped or masked.
+        drop = [*template.overrides, "backbone.drop_path_rate=0.3", "backbone.drop_path_uniform=true"]
         for subset, how in ((False, "masked (timm DropPath)"), (True, "skipped")):
             specs.append(
                 dataclasses.replace(

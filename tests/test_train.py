@@ -106,6 +106,8 @@ def test_paper_recipes_compose_and_replace_the_cpu_budget(experiment):
     if "num_local_crops" in cfg.data.transform and cfg.method._target_ != "sslvit.methods.BEiT":
         assert cfg.data.transform.num_local_crops >= 8  # multi-crop, not the CPU budget's 2 globals
     assert not cfg.method.get("use_bn_in_head", False)  # the CPU budget's DINO head, not the paper's
+    # DINOv2's official config drops at the same rate in every block; the others increase it linearly.
+    assert cfg.backbone.drop_path_uniform == experiment.startswith("dinov2")
 
 
 @pytest.mark.parametrize("method", ["ibot", "dinov2"])

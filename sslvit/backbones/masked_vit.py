@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import cast
 
 import torch
-from timm.layers import Attention
+from timm.layers import Attention, DropPath
 from timm.models import checkpoint_seq
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from sslvit.backbones.compiled_blocks import allow_graphs_per_rate, compiled_block_call, compiled_packed_block
 from sslvit.backbones.packed import PackLayout, packed_block
 from sslvit.backbones.rel_pos_bias import RelativePositionBias
 from sslvit.backbones.subset_drop_path import SubsetDropPathBlock
@@ -24,33 +24,6 @@ _STEM_PREFIXES = ("patch_embed.", "norm_pre.")
 _STEM_TOKENS = ("cls_token", "reg_token", "pos_embed", "mask_token")
 # The shared relative position bias serves every block; BEiT gives it the top layer's lr.
 _TOP_PREFIXES = ("norm.", "fc_norm.", "head.", "attn_pool.", "rel_pos_bias.")
-
-
-_BlockCall = Callable[[nn.Module, Tensor, Tensor | None], Tensor]
-
-
-def _call_block(block: nn.Module, x: Tensor, bias: Tensor | None) -> Tensor:
-    return block(x, attn_mask=bias)
-
-
-@functools.cache
-def _compiled_block_call() -> _BlockCall:
-    """One compiled function shared by every block of every MaskedViT (``compile_blocks=True``).
-
-    Compiling a free function that takes the block as an argument, rather than ``block.compile()``,
-    keeps the state dict and ``copy.deepcopy`` intact (a deep-copied teacher would otherwise call the
-    student's compiled forward), and all blocks of one shape share a graph: dynamo lifts their
-    parameters to graph inputs, so only (shape, grad mode, autocast) combinations recompile.
-    ``dynamic=False``: a step has few distinct shapes (global and local crops), each gets static kernels.
-    """
-    return cast(_BlockCall, torch.compile(_call_block, dynamic=False))
-
-
-@functools.cache
-def _compiled_packed_block() -> Callable[[Block, Tensor, PackLayout], Tensor]:
-    """``packed_block`` compiled once for every MaskedViT, as ``_compiled_block_call`` (the layout's
-    integers are specialised: one graph per crop setting)."""
-    return cast(Callable[[Block, Tensor, PackLayout], Tensor], torch.compile(packed_block, dynamic=False))
 
 
 class MaskedViT(VisionTransformer):
@@ -87,13 +60,17 @@ class MaskedViT(VisionTransformer):
         qkv_bias: Whether the qkv projection has a bias.
         num_register_tokens: Number of register tokens R (DINOv2 uses 4; 0 disables them).
         layerscale_init: Initial LayerScale value (1e-5 in DINOv2, 0.1 in BEiT); ``None`` disables it.
-        drop_path_rate: Stochastic-depth rate of the last block (linearly increasing from 0).
+        drop_path_rate: Stochastic-depth rate of the last block (linearly increasing from 0), or of every
+            block with ``drop_path_uniform``.
+        drop_path_uniform: Every block drops with ``drop_path_rate`` (the official DINOv2 recipe) instead
+            of timm's linear increase from 0 at the first block.
         rel_pos_bias: Add a relative position bias shared across blocks (BEiT pretraining); it covers
             grids up to the native one.
         fused_attn: Attention through ``F.scaled_dot_product_attention`` (flash / memory-efficient
             kernels, timm's default); False runs the explicit ``softmax(q k^T) v`` (for comparison).
         compile_blocks: Run every block through one ``torch.compile``d function (a speed switch; the
-            state dict is unchanged). Compilation takes seconds to minutes on the first steps.
+            state dict is unchanged; ``sslvit.backbones.compiled_blocks``). Compilation takes seconds to
+            minutes on the first steps; with stochastic depth, one graph per block and crop size.
         drop_path_subset: Stochastic depth computes the residual branches on the kept samples only
             (``SubsetDropPathBlock``: a fixed-size random subset, rescaled) instead of zeroing the dropped
             ones after computing them (timm's ``DropPath``). Same expectation, less compute; a speed
@@ -116,6 +93,7 @@ class MaskedViT(VisionTransformer):
         num_register_tokens: int = 0,
         layerscale_init: float | None = None,
         drop_path_rate: float = 0.0,
+        drop_path_uniform: bool = False,
         rel_pos_bias: bool = False,
         fused_attn: bool = True,
         compile_blocks: bool = False,
@@ -147,6 +125,10 @@ class MaskedViT(VisionTransformer):
             drop_path_rate=drop_path_rate,
             block_fn=SubsetDropPathBlock if drop_path_subset else Block,
         )
+        if drop_path_uniform and drop_path_rate > 0:
+            for block in self.blocks:  # timm built linearly increasing rates; DropPath holds no state
+                cast(Block, block).drop_path1 = DropPath(drop_path_rate)
+                cast(Block, block).drop_path2 = DropPath(drop_path_rate)
         # Zero init as in iBOT / DINOv2: a masked patch starts out as "position only".
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.rel_pos_bias: RelativePositionBias | None = None
@@ -156,6 +138,8 @@ class MaskedViT(VisionTransformer):
         for block in self.blocks:  # timm reads fused_attn on every call (Final only for TorchScript)
             cast(Attention, cast(Block, block).attn).fused_attn = fused_attn  # type: ignore[misc]
         self.compile_blocks = compile_blocks
+        if compile_blocks:
+            allow_graphs_per_rate(self.blocks)
         self.pack_crops = pack_crops
 
     # ----------------------------------------------------------------------------------------------
@@ -242,7 +226,7 @@ class MaskedViT(VisionTransformer):
 
     def _run_blocks(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         if self.compile_blocks and not (self.grad_checkpointing and self.training):
-            run_block = _compiled_block_call()
+            run_block = compiled_block_call()
             for block in self.blocks:
                 x = run_block(block, x, bias)
             return x
@@ -297,7 +281,7 @@ class MaskedViT(VisionTransformer):
 
     def _run_packed_blocks(self, x: Tensor, layout: PackLayout) -> Tensor:
         checkpointed = self.grad_checkpointing and self.training
-        run = _compiled_packed_block() if self.compile_blocks and not checkpointed else packed_block
+        run = compiled_packed_block() if self.compile_blocks and not checkpointed else packed_block
         for block in self.blocks:
             if checkpointed:
                 x = checkpoint(packed_block, block, x, layout, use_reentrant=False)

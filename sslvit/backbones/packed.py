@@ -105,8 +105,11 @@ def _packed_residual(
 ) -> Tensor:
     """``x + branch(norm(x))`` with stochastic depth per sequence, skipping dropped ones when ``subset``
     (normalised before the kept tokens are gathered, as in ``subset_residual``)."""
-    drop_prob = float(getattr(drop_module, "drop_prob", 0.0))
-    if drop_prob <= 0.0 or not getattr(drop_module, "training", False):
+    # The rate is read in training only: read, it becomes a constant of the compiled graph, one graph per
+    # block instead of one for all (``sslvit.backbones.compiled_blocks``).
+    training = bool(getattr(drop_module, "training", False))
+    drop_prob = float(getattr(drop_module, "drop_prob", 0.0)) if training else 0.0
+    if drop_prob <= 0.0:
         return x + branch(norm(x), layout)
     if subset:
         index, scale, kept = layout.keep_subset(drop_prob, x.device)

@@ -75,12 +75,18 @@ class SubsetDropPathBlock(Block):
     """timm's pre-norm ViT block whose stochastic depth skips the dropped samples (``subset_residual``).
 
     The parameters and state dict are exactly timm's ``Block``; outside training, or with a drop
-    probability of 0, the forward pass is timm's own.
+    probability of 0, the forward pass is timm's own (outside training, without calling the drop-path
+    modules).
     """
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        if not self.training:
+            # timm's forward without the drop-path modules, which are the identity here: reading their rate
+            # would make it a constant of a compiled graph, one graph per block instead of one for all.
+            x = x + self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal))
+            return x + self.ls2(self.mlp(self.norm2(x)))
         drop_prob = float(getattr(self.drop_path1, "drop_prob", 0.0))
-        if not self.training or drop_prob <= 0.0:
+        if drop_prob <= 0.0:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[0] != 1:
             # A per-sample mask would have to be gathered with the kept samples; nothing here uses one.

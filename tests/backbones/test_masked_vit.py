@@ -225,3 +225,14 @@ def test_drop_path_layerscale_and_eval_determinism() -> None:
     b = vit(torch.cat([x] * 8))
     assert not torch.allclose(a, b)  # train: some residual branches are dropped
     assert isinstance(make_vit().blocks[0].ls1, torch.nn.Identity)  # no LayerScale unless asked
+
+
+def test_uniform_drop_path_sets_every_block_and_keeps_the_state_dict() -> None:
+    linear, uniform = make_vit(drop_path_rate=0.3), make_vit(drop_path_rate=0.3, drop_path_uniform=True)
+    assert isinstance(linear.blocks[0].drop_path1, torch.nn.Identity)  # timm: 0 at the first block
+    for block in uniform.blocks:
+        assert block.drop_path1.drop_prob == block.drop_path2.drop_prob == pytest.approx(0.3)
+    assert uniform.state_dict().keys() == linear.state_dict().keys()
+    for key, value in linear.state_dict().items():
+        assert torch.equal(uniform.state_dict()[key], value)  # same seed, same weights
+    assert isinstance(make_vit(drop_path_uniform=True).blocks[0].drop_path1, torch.nn.Identity)
