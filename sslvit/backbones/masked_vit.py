@@ -70,7 +70,8 @@ class MaskedViT(VisionTransformer):
             kernels, timm's default); False runs the explicit ``softmax(q k^T) v`` (for comparison).
         compile_blocks: Run every block through one ``torch.compile``d function (a speed switch; the
             state dict is unchanged; ``sslvit.backbones.compiled_blocks``). Compilation takes seconds to
-            minutes on the first steps; with stochastic depth, one graph per block and crop size.
+            minutes on the first steps; with linearly increasing drop rates, one graph per block and crop
+            size in training.
         drop_path_subset: Stochastic depth computes the residual branches on the kept samples only
             (``SubsetDropPathBlock``: a fixed-size random subset, rescaled) instead of zeroing the dropped
             ones after computing them (timm's ``DropPath``). Same expectation, less compute; a speed
