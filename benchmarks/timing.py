@@ -63,9 +63,9 @@ def attach_trainer(method: Any, cfg: DictConfig, total_steps: int) -> L.Trainer:
     """Give ``method`` a real, never-fitted Trainer so it can run its step outside ``Trainer.fit``.
 
     The method reads ``self.trainer`` for ``global_step``, ``estimated_stepping_batches``, world size
-    and, for clipping, the precision plugin. An unfitted Trainer answers all of them: ``max_epochs=-1``
+    and, for clipping, the strategy. An unfitted Trainer answers all of them: ``max_epochs=-1``
     makes ``estimated_stepping_batches == max_steps`` without a dataloader, and its precision plugin is
-    the one ``Trainer.fit`` would use (the same autocast context and ``clip_grad_norm_``).
+    the one ``Trainer.fit`` would use (the same autocast context).
     ``self.log`` needs the fit loop's result collection, which exists only inside ``fit``; the logged
     values are dropped here (instance attributes shadow the two methods on this object only).
     """

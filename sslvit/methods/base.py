@@ -6,11 +6,13 @@ import copy
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from sslvit.methods.optim_config import OptimConfig, apply_lr_wd
 from sslvit.methods.sync_free_logging import SyncFreeLogging
 from sslvit.utils.fsdp import unwrapped_name
+from sslvit.utils.grad_clip import clip_groups, parameter_groups
 from sslvit.utils.param_groups import param_groups
 from sslvit.utils.schedules import cosine_schedule, linear_warmup
 
@@ -182,9 +184,8 @@ class TeacherStudentModule(SyncFreeLogging):
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         if self.optim.clip_grad > 0:
-            self.clip_gradients(
-                optimizer, gradient_clip_val=self.optim.clip_grad, gradient_clip_algorithm="norm"
-            )
+            groups = parameter_groups(dict(self.student.items()), self.optim.clip_grad_mode)
+            clip_groups(groups, self.optim.clip_grad, sharded=isinstance(self.trainer.strategy, FSDPStrategy))
 
     def apply_schedules(self, optimizer: torch.optim.Optimizer, step: int) -> dict[str, float]:
         """Write the lr / weight decay of optimizer step ``step`` into every group; return all values."""

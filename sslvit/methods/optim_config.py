@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from sslvit.utils.grad_clip import CLIP_MODES
+
 
 @dataclass
 class OptimConfig:
@@ -21,7 +23,10 @@ class OptimConfig:
         warmup_epochs: linear lr warm-up from 0.
         weight_decay / weight_decay_end: cosine weight-decay schedule (0.04 -> 0.4).
         betas: AdamW betas.
-        clip_grad: max global gradient norm (0 disables).
+        clip_grad: max gradient norm (0 disables).
+        clip_grad_mode: what one norm covers (``sslvit.utils.grad_clip``): "global" (all gradients
+            together, BEiT), "per_network" (each student network, DINOv2) or "per_parameter" (every
+            parameter's gradient on its own, DINO and iBOT).
         freeze_last_layer_epochs: prototypes get no update during these first epochs (1 in DINO).
         layer_decay: layer-wise lr decay (1 = off).
         patch_embed_lr_mult: lr factor on the patch embedding.
@@ -38,6 +43,7 @@ class OptimConfig:
     weight_decay_end: float = 0.4
     betas: tuple[float, float] = (0.9, 0.999)
     clip_grad: float = 3.0
+    clip_grad_mode: str = "global"
     freeze_last_layer_epochs: float = 1.0
     layer_decay: float = 1.0
     patch_embed_lr_mult: float = 1.0
@@ -47,6 +53,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.lr_scaling not in ("linear", "sqrt", "none"):
             raise ValueError(f"optim.lr_scaling must be linear, sqrt or none, got {self.lr_scaling!r}")
+        if self.clip_grad_mode not in CLIP_MODES:
+            raise ValueError(f"optim.clip_grad_mode must be one of {CLIP_MODES}, got {self.clip_grad_mode!r}")
 
     def scaled_lr(self, global_batch: int) -> float:
         """Peak learning rate for ``global_batch`` images per optimizer step."""

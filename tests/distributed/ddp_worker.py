@@ -3,7 +3,7 @@
 Each rank feeds its own shard of a fixed global batch to the distributed building blocks and rank 0
 saves the results, which the test compares with one process holding the concatenated batch. The same
 processes also run the k-NN evaluation path (sharded eval loaders, gathered features) and wrap a tiny
-DINO in FSDP on the CPU to check its optimizer parameter groups.
+DINO in FSDP on the CPU to check its optimizer parameter groups, and clip FSDP-sharded gradients.
 """
 
 import sys
@@ -88,6 +88,55 @@ def fsdp_param_groups(sharded_dir: Path) -> dict:
     }
 
 
+class ClipToy(torch.nn.Module):
+    """Two networks (a ViT whose blocks FSDP wraps, a linear head) and a scalar loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from sslvit.backbones import MaskedViT
+
+        torch.manual_seed(0)
+        self.backbone = MaskedViT(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2)
+        self.head = torch.nn.Linear(16, 8)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images)).square().mean()
+
+    def networks(self) -> dict:
+        return {"backbone": self.backbone, "head": self.head}
+
+
+CLIP_MAX_NORM = 2.0  # between ClipToy's smallest and largest gradient norms, per parameter and network
+
+
+def clip_images() -> torch.Tensor:
+    return torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+
+
+def fsdp_clipping() -> dict:
+    """Gradients of ClipToy sharded by FSDP (the same batch on every rank, so the averaged gradient is the
+    single-process one), clipped on the shards in each mode; the groups' norms and the full gradients."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from sslvit.utils.fsdp import module_classes, unwrapped_name
+    from sslvit.utils.grad_clip import CLIP_MODES, clip_groups, parameter_groups
+
+    results = {}
+    for mode in CLIP_MODES:
+        model = ClipToy()
+        policy = ModuleWrapPolicy(module_classes(["timm.models.vision_transformer.Block"]))
+        root = FullyShardedDataParallel(
+            model, auto_wrap_policy=policy, use_orig_params=True, device_id=torch.device("cpu")
+        )
+        root(clip_images()).backward()
+        norms = clip_groups(parameter_groups(model.networks(), mode), CLIP_MAX_NORM, sharded=True)
+        with FullyShardedDataParallel.summon_full_params(root, with_grads=True):
+            grads = {unwrapped_name(n): p.grad.clone() for n, p in model.named_parameters()}
+        results[mode] = {"norms": norms, "grads": grads}
+    return results
+
+
 def global_teacher_logits() -> torch.Tensor:
     return torch.randn(8, 5, generator=torch.Generator().manual_seed(123))  # (world * 4, K)
 
@@ -120,6 +169,7 @@ def main(out_path: str) -> None:
 
     knn = knn_result(knn_model(), knn_datamodule())
     fsdp = fsdp_param_groups(Path(out_path).with_name("sharded.ckpt"))
+    clipping = fsdp_clipping()
 
     if rank == 0:
         torch.save(
@@ -130,6 +180,7 @@ def main(out_path: str) -> None:
                 "sinkhorn_uneven": torch.cat(uneven_all),
                 **knn,
                 "fsdp": fsdp,
+                "fsdp_clipping": clipping,
             },
             out_path,
         )
