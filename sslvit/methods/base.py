@@ -185,7 +185,10 @@ class TeacherStudentModule(SyncFreeLogging):
     ) -> None:
         if self.optim.clip_grad > 0:
             groups = parameter_groups(dict(self.student.items()), self.optim.clip_grad_mode)
-            clip_groups(groups, self.optim.clip_grad, sharded=isinstance(self.trainer.strategy, FSDPStrategy))
+            sharded = isinstance(self.trainer.strategy, FSDPStrategy)
+            norms = clip_groups(groups, self.optim.clip_grad, sharded=sharded)
+            if norms is not None:  # the norm of all gradients before clipping, whatever the groups (a tensor)
+                self.log("train/grad_norm", torch.linalg.vector_norm(norms), on_step=True, on_epoch=False)
 
     def apply_schedules(self, optimizer: torch.optim.Optimizer, step: int) -> dict[str, float]:
         """Write the lr / weight decay of optimizer step ``step`` into every group; return all values."""

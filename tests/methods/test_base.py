@@ -111,3 +111,26 @@ def test_training_changes_student_and_teacher_follows():
     assert any(moved)
     # the center moved away from zero
     assert model.centering.center.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["global", "per_network", "per_parameter"])
+def test_clipping_logs_the_gradient_norm_before_clipping(mode):
+    """The step clips with the configured grouping and logs the norm of all gradients it saw."""
+    model = tiny_dino(clip_grad=1e-4, clip_grad_mode=mode, freeze_last_layer_epochs=0)
+    seen = []
+    original = model.configure_gradient_clipping
+
+    def clip_and_record(optimizer, *args, **kwargs):
+        original(optimizer, *args, **kwargs)
+        grads = [p.grad for p in model.student.parameters() if p.grad is not None]
+        seen.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+    model.configure_gradient_clipping = clip_and_record
+    trainer = fit(model, multicrop_batches(1), max_epochs=1)
+    logged = trainer.callback_metrics["train/grad_norm"]
+    assert logged > 1e-3  # before clipping: far above the limit
+    if mode == "per_parameter":  # every parameter's gradient at most 1e-4
+        assert float(seen[0]) <= len(list(model.student.parameters())) ** 0.5 * 1e-4 * 1.001
+    else:  # every group clipped to exactly the limit
+        groups = 1 if mode == "global" else len(model.student)
+        assert float(seen[0]) == pytest.approx(groups**0.5 * 1e-4, rel=1e-3)
