@@ -12,7 +12,7 @@ from torch import nn
 from sslvit.methods.optim_config import OptimConfig, apply_lr_wd
 from sslvit.methods.sync_free_logging import SyncFreeLogging
 from sslvit.utils.fsdp import unwrapped_name
-from sslvit.utils.grad_clip import clip_groups, parameter_groups
+from sslvit.utils.grad_clip import clip_groups, clipping_groups
 from sslvit.utils.param_groups import param_groups
 from sslvit.utils.schedules import cosine_schedule, linear_warmup
 
@@ -184,7 +184,7 @@ class TeacherStudentModule(SyncFreeLogging):
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         if self.optim.clip_grad > 0:
-            groups = parameter_groups(dict(self.student.items()), self.optim.clip_grad_mode)
+            groups = clipping_groups(dict(self.student.items()), self.optim.clip_grad_mode)
             sharded = isinstance(self.trainer.strategy, FSDPStrategy)
             norms = clip_groups(groups, self.optim.clip_grad, sharded=sharded)
             if norms is not None:  # the norm of all gradients before clipping, whatever the groups (a tensor)

@@ -62,7 +62,7 @@ def clip_groups(
     return group_norms
 
 
-def parameter_groups(networks: dict[str, nn.Module], mode: str) -> list[list[nn.Parameter]]:
+def clipping_groups(networks: dict[str, nn.Module], mode: str) -> list[list[nn.Parameter]]:
     """The groups that ``mode`` clips on their own: one of all parameters (``global``), one per network
     (``per_network``) or one per parameter (``per_parameter``); frozen parameters are left out."""
     if mode not in CLIP_MODES:

@@ -120,7 +120,7 @@ def fsdp_clipping() -> dict:
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     from sslvit.utils.fsdp import module_classes, unwrapped_name
-    from sslvit.utils.grad_clip import CLIP_MODES, clip_groups, parameter_groups
+    from sslvit.utils.grad_clip import CLIP_MODES, clip_groups, clipping_groups
 
     results = {}
     for mode in CLIP_MODES:
@@ -130,7 +130,7 @@ def fsdp_clipping() -> dict:
             model, auto_wrap_policy=policy, use_orig_params=True, device_id=torch.device("cpu")
         )
         root(clip_images()).backward()
-        norms = clip_groups(parameter_groups(model.networks(), mode), CLIP_MAX_NORM, sharded=True)
+        norms = clip_groups(clipping_groups(model.networks(), mode), CLIP_MAX_NORM, sharded=True)
         with FullyShardedDataParallel.summon_full_params(root, with_grads=True):
             grads = {unwrapped_name(n): p.grad.clone() for n, p in model.named_parameters()}
         results[mode] = {"norms": norms, "grads": grads}

@@ -108,7 +108,7 @@ def test_sharded_fsdp_checkpoint_consolidates_into_an_init_from_file(ddp_results
 @pytest.mark.parametrize("mode", ["global", "per_network", "per_parameter"])
 def test_clipping_fsdp_shards_equals_clipping_whole_gradients(ddp_results, mode):
     """Each rank holds a shard of every gradient: the norms are summed over ranks before clipping."""
-    from sslvit.utils.grad_clip import clip_groups, parameter_groups
+    from sslvit.utils.grad_clip import clip_groups, clipping_groups
 
     worker = load_worker()
     model = worker.ClipToy()
@@ -116,7 +116,7 @@ def test_clipping_fsdp_shards_equals_clipping_whole_gradients(ddp_results, mode)
     whole = {name: p.grad.norm() for name, p in model.named_parameters() if p.grad is not None}
     for p in model.parameters():  # FSDP gives the unused mask token a zero gradient: so does the reference
         p.grad = torch.zeros_like(p) if p.grad is None else p.grad
-    norms = clip_groups(parameter_groups(model.networks(), mode), worker.CLIP_MAX_NORM)
+    norms = clip_groups(clipping_groups(model.networks(), mode), worker.CLIP_MAX_NORM)
     sharded = ddp_results["fsdp_clipping"][mode]
     torch.testing.assert_close(sharded["norms"], norms, rtol=1e-5, atol=1e-8)
     assert sharded["norms"].shape == norms.shape

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from sslvit.methods.optim_config import OptimConfig
-from sslvit.utils.grad_clip import clip_groups, parameter_groups
+from sslvit.utils.grad_clip import clip_groups, clipping_groups
 
 
 def networks_with_grads(scale: float = 1.0) -> dict[str, nn.Module]:
@@ -25,7 +25,7 @@ def grads(nets: dict[str, nn.Module]) -> list[torch.Tensor]:
 
 def test_global_mode_is_torch_clip_grad_norm_bit_for_bit() -> None:
     nets, ref = networks_with_grads(), networks_with_grads()
-    norm = clip_groups(parameter_groups(nets, "global"), 2.0)
+    norm = clip_groups(clipping_groups(nets, "global"), 2.0)
     ref_norm = nn.utils.clip_grad_norm_([p for net in ref.values() for p in net.parameters()], 2.0)
     assert norm is not None and torch.equal(norm[0], ref_norm) and ref_norm > 2.0
     for got, want in zip(grads(nets), grads(ref), strict=True):
@@ -34,7 +34,7 @@ def test_global_mode_is_torch_clip_grad_norm_bit_for_bit() -> None:
 
 def test_per_parameter_mode_is_dino_clip_gradients() -> None:
     nets, ref = networks_with_grads(), networks_with_grads()
-    norms = clip_groups(parameter_groups(nets, "per_parameter"), 3.0)
+    norms = clip_groups(clipping_groups(nets, "per_parameter"), 3.0)
     clipped = 0
     for p in (p for net in ref.values() for p in net.parameters()):  # the official loop, per parameter
         coef = 3.0 / (p.grad.norm(2) + 1e-6)  # type: ignore[union-attr]
@@ -49,7 +49,7 @@ def test_per_parameter_mode_is_dino_clip_gradients() -> None:
 
 def test_per_network_mode_clips_each_network_on_its_own() -> None:
     nets, ref = networks_with_grads(), networks_with_grads()
-    norms = clip_groups(parameter_groups(nets, "per_network"), 10.0)
+    norms = clip_groups(clipping_groups(nets, "per_network"), 10.0)
     ref_norms = torch.stack([nn.utils.clip_grad_norm_(net.parameters(), 10.0) for net in ref.values()])
     assert norms is not None and torch.equal(norms, ref_norms)
     assert (ref_norms > 10.0).any() and (ref_norms < 10.0).any()  # one network clipped, one not
@@ -63,8 +63,8 @@ def test_parameters_without_gradients_or_frozen_are_left_out() -> None:
     frozen.requires_grad_(False)
     nets["head"].bias.grad = None  # e.g. the prototypes during the frozen first epoch
     before = frozen.grad.clone()  # type: ignore[union-attr]
-    assert all(p is not frozen for group in parameter_groups(nets, "per_parameter") for p in group)
-    norms = clip_groups(parameter_groups(nets, "per_network"), 1e-3)
+    assert all(p is not frozen for group in clipping_groups(nets, "per_parameter") for p in group)
+    norms = clip_groups(clipping_groups(nets, "per_network"), 1e-3)
     assert norms is not None and norms.shape == (1,)  # the head has no gradient left to clip
     assert torch.equal(frozen.grad, before)  # type: ignore[arg-type]
     assert clip_groups([[nets["head"].bias]], 1.0) is None
@@ -72,6 +72,6 @@ def test_parameters_without_gradients_or_frozen_are_left_out() -> None:
 
 def test_unknown_mode_is_named() -> None:
     with pytest.raises(ValueError, match="clip_grad_mode must be one of"):
-        parameter_groups(networks_with_grads(), "per_layer")
+        clipping_groups(networks_with_grads(), "per_layer")
     with pytest.raises(ValueError, match=r"optim\.clip_grad_mode must be one of"):
         OptimConfig(clip_grad_mode="norm")
