@@ -184,7 +184,8 @@ class TeacherStudentModule(SyncFreeLogging):
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         if self.optim.clip_grad > 0:
-            groups = clipping_groups(dict(self.student.items()), self.optim.clip_grad_mode)
+            order = [p for group in optimizer.param_groups for p in group["params"]]
+            groups = clipping_groups(dict(self.student.items()), self.optim.clip_grad_mode, order)
             sharded = isinstance(self.trainer.strategy, FSDPStrategy)
             norms = clip_groups(groups, self.optim.clip_grad, sharded=sharded)
             if norms is not None:  # the norm of all gradients before clipping, whatever the groups (a tensor)

@@ -62,13 +62,24 @@ def clip_groups(
     return group_norms
 
 
-def clipping_groups(networks: dict[str, nn.Module], mode: str) -> list[list[nn.Parameter]]:
+def clipping_groups(
+    networks: dict[str, nn.Module], mode: str, order: Sequence[nn.Parameter] | None = None
+) -> list[list[nn.Parameter]]:
     """The groups that ``mode`` clips on their own: one of all parameters (``global``), one per network
-    (``per_network``) or one per parameter (``per_parameter``); frozen parameters are left out."""
+    (``per_network``) or one per parameter (``per_parameter``); frozen parameters are left out.
+
+    ``order``: the parameters in the order a group sums its gradients' norms (the optimizer's, as
+    Lightning's own clipping; the sum's rounding depends on it), else the networks' order.
+    """
     if mode not in CLIP_MODES:
         raise ValueError(f"clip_grad_mode must be one of {CLIP_MODES}, got {mode!r}")
-    per_network = [[p for p in net.parameters() if p.requires_grad] for net in networks.values()]
+    position = {id(p): i for i, p in enumerate(order or ())}
+
+    def in_order(params: list[nn.Parameter]) -> list[nn.Parameter]:  # stable: unchanged without an order
+        return sorted(params, key=lambda p: position.get(id(p), len(position)))
+
+    per_network = [in_order([p for p in net.parameters() if p.requires_grad]) for net in networks.values()]
     if mode == "per_network":
         return [group for group in per_network if group]
-    flat = [p for group in per_network for p in group]
+    flat = in_order([p for group in per_network for p in group])
     return [flat] if mode == "global" else [[p] for p in flat]

@@ -75,3 +75,18 @@ def test_unknown_mode_is_named() -> None:
         clipping_groups(networks_with_grads(), "per_layer")
     with pytest.raises(ValueError, match=r"optim\.clip_grad_mode must be one of"):
         OptimConfig(clip_grad_mode="norm")
+
+
+def test_groups_follow_the_given_order() -> None:
+    """The optimizer's order (the rounding of a group's norm depends on the order of the sum)."""
+    nets = networks_with_grads()
+    params = [p for net in nets.values() for p in net.parameters()]
+    order = params[::-1]
+    assert clipping_groups(nets, "global", order) == [order]
+    backbone, head = clipping_groups(nets, "per_network", order)
+    assert (
+        backbone == list(nets["backbone"].parameters())[::-1]
+        and head == list(nets["head"].parameters())[::-1]
+    )
+    assert clipping_groups(nets, "per_parameter", order) == [[p] for p in order]
+    assert clipping_groups(nets, "global") == [params]  # no order: the networks' own
