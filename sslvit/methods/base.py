@@ -54,6 +54,8 @@ class TeacherStudentModule(SyncFreeLogging):
         self.momentum_teacher_end = momentum_teacher_end
         self.ema_teacher = True
         self.embed_dim: int = int(backbone.embed_dim)  # type: ignore[arg-type]
+        # The clipping groups of the optimizer with this id (built once: the parameters stay the same).
+        self._clip_groups: tuple[int, list[list[nn.Parameter]]] | None = None
 
     # ----------------------------------------------------------------------------------- teacher
     def build_teacher(self) -> None:
@@ -184,10 +186,12 @@ class TeacherStudentModule(SyncFreeLogging):
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         if self.optim.clip_grad > 0:
-            order = [p for group in optimizer.param_groups for p in group["params"]]
-            groups = clipping_groups(dict(self.student.items()), self.optim.clip_grad_mode, order)
+            if self._clip_groups is None or self._clip_groups[0] != id(optimizer):
+                order = [p for group in optimizer.param_groups for p in group["params"]]
+                groups = clipping_groups(dict(self.student.items()), self.optim.clip_grad_mode, order)
+                self._clip_groups = (id(optimizer), groups)
             sharded = isinstance(self.trainer.strategy, FSDPStrategy)
-            norms = clip_groups(groups, self.optim.clip_grad, sharded=sharded)
+            norms = clip_groups(self._clip_groups[1], self.optim.clip_grad, sharded=sharded)
             if norms is not None:  # the norm of all gradients before clipping, whatever the groups (a tensor)
                 self.log("train/grad_norm", torch.linalg.vector_norm(norms), on_step=True, on_epoch=False)
 
