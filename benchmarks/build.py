@@ -76,7 +76,6 @@ def compose_cfg(spec: RunSpec, device: torch.device) -> DictConfig:
         f"method={spec.method}",
         f"backbone={spec.arch}",
         "data=fake",
-        "budget=none",
         "logger=none",
         "callbacks=none",
         f"trainer={'gpu' if device.type == 'cuda' else 'cpu'}",

@@ -60,7 +60,6 @@ def build_datamodule(args: argparse.Namespace, folder: Path) -> Any:
         "data=folder",
         f"data.root={folder}",
         "data.labelled=false",
-        "budget=none",
         f"data.patch_size={args.patch}",
         f"data.batch_size={args.batch}",
         f"data.transform.global_crop_size={args.global_size}",

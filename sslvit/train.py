@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sslvit.callbacks.progress import default_progress_bar
 from sslvit.callbacks.run_config import RunConfigInCheckpoint
+from sslvit.callbacks.schedule_report import ScheduleReport
 from sslvit.eval.checkpoint_import import complete_for, import_backbone_state, load_any_checkpoint
 from sslvit.utils.checkpoint import load_backbone_weights
 from sslvit.utils.config_check import check_config_types
@@ -113,6 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks.append(
         RunConfigInCheckpoint(OmegaConf.to_container(OmegaConf.masked_copy(cfg, run_keys), resolve=True))
     )
+    callbacks.append(ScheduleReport())  # the effective schedule, printed when training starts
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=output_dir

@@ -92,7 +92,7 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*_ima
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_paper_recipes_compose_and_replace_the_cpu_budget(experiment):
+def test_paper_recipes_compose_with_full_epochs(experiment):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"experiment={experiment}", "data.root=/data"])
     assert cfg.trainer.limit_train_batches is None  # full epochs, not the default job's short ones
@@ -104,8 +104,8 @@ def test_paper_recipes_compose_and_replace_the_cpu_budget(experiment):
     assert cfg.data.transform.global_crop_size == 224
     assert cfg.data.transform.global_crop_size % cfg.backbone.patch_size == 0
     if "num_local_crops" in cfg.data.transform and cfg.method._target_ != "sslvit.methods.BEiT":
-        assert cfg.data.transform.num_local_crops >= 8  # multi-crop, not the CPU budget's 2 globals
-    assert not cfg.method.get("use_bn_in_head", False)  # the CPU budget's DINO head, not the paper's
+        assert cfg.data.transform.num_local_crops >= 8  # multi-crop, not the demo's 2 globals
+    assert not cfg.method.get("use_bn_in_head", False)  # the demo's DINO head, not the paper's
     # DINOv2's official config drops at the same rate in every block; the others increase it linearly.
     assert cfg.backbone.drop_path_uniform == experiment.startswith("dinov2")
 
@@ -119,15 +119,15 @@ def test_small_cpu_recipes_compose(method):
     assert cfg.trainer.limit_train_batches == 200 and cfg.data.masking is not None
 
 
-def test_default_job_is_dino_on_the_cpu_budget():
+def test_default_job_is_dino_with_its_fashion_mnist_values():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config")
         other = compose(config_name="config", overrides=["method=dinov2"])
     assert cfg.method._target_ == "sslvit.methods.DINO"
-    # conf/budget/cpu_10min/dino.yaml on top of cpu_10min.yaml: 3 x 200 steps, global crops only, head BN
+    # conf/small_data/fashion_mnist/dino.yaml: 3 x 200 steps, global crops only, head BN
     assert cfg.trainer.max_epochs * cfg.trainer.limit_train_batches == 600
     assert cfg.data.transform.num_local_crops == 0 and cfg.method.use_bn_in_head
-    # the DINO-only values do not leak into another method's budget
+    # the DINO-only values do not leak into another method's
     assert other.trainer.max_epochs == 2 and other.data.transform.num_local_crops == 4
 
 

@@ -53,7 +53,7 @@ TINY = [
     "method.out_dim=64",
     "method.hidden_dim=32",
     "method.bottleneck_dim=16",
-    "data.transform.num_local_crops=2",  # keep multi-crop under test (the CPU budget's DINO has none)
+    "data.transform.num_local_crops=2",  # keep multi-crop under test (DINO's Fashion-MNIST values have none)
 ]
 
 

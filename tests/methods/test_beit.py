@@ -86,11 +86,11 @@ def _compose(overrides):
         return compose(config_name="config", overrides=overrides)
 
 
-def test_default_budget_keeps_method_specific_values_to_their_methods():
-    beit = _compose(["method=beit"])
-    assert beit.trainer.limit_train_batches == 200 and "out_dim" not in beit.method
+def test_demo_values_stay_with_their_methods():
+    beit = _compose(["method=beit"])  # BEiT's Fashion-MNIST values: one 400-step epoch, no prototypes
+    assert beit.trainer.limit_train_batches == 400 and "out_dim" not in beit.method
     assert _compose(["method=dvae"]).backbone is None
-    assert _compose([]).method.out_dim == 1024  # DINO still gets its CPU-budget values
+    assert _compose([]).method.out_dim == 1024  # DINO still gets its own Fashion-MNIST values
 
 
 def test_fashion_mnist_recipes_share_one_token_grid():

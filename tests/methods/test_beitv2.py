@@ -172,7 +172,6 @@ def vqkd_tokenizer(tmp_path_factory) -> Path:
     vqkd_run = [
         *TINY_RUN,
         "method=vqkd",
-        "budget=none",
         "callbacks=checkpoint",
         "method.num_codes=32",
         "method.code_dim=8",

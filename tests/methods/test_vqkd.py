@@ -21,7 +21,6 @@ TINY_VQKD = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "method=vqkd",
-    "budget=none",
     "callbacks=checkpoint",  # + the codebook monitor that method=vqkd adds
     "method.num_codes=32",
     "method.code_dim=8",
@@ -73,10 +72,14 @@ def test_teacher_is_the_checkpoint_teacher_and_stays_frozen(dino_checkpoint, tmp
     assert optimised == {id(p) for p in model.tokenizer.parameters()}
 
 
-def test_default_cpu_budget_gives_vqkd_its_own_values(tmp_path, dino_checkpoint):
-    cfg = compose_train_cfg(tmp_path, [*TINY_VQKD[:7], f"teacher.path={dino_checkpoint}"])  # budget=cpu_10min
+def test_fashion_mnist_gives_vqkd_its_small_data_values(tmp_path, dino_checkpoint):
+    demo = [*TINY_VQKD[:7], "data=fashion_mnist", f"teacher.path={dino_checkpoint}"]
+    cfg = compose_train_cfg(tmp_path, demo)
     model = instantiate(cfg.method, backbone=instantiate(cfg.backbone))  # no DINO-family key leaks in
     assert model.tokenizer.vocab_size == 512 and cfg.data.batch_size == 64
+    # ...and only there: other data get the paper's 8192 codes
+    other = compose_train_cfg(tmp_path, [*TINY_VQKD[:7], f"teacher.path={dino_checkpoint}"])
+    assert other.method.num_codes == 8192
 
 
 def test_teacher_loading_errors(tmp_path):

@@ -1,0 +1,64 @@
+"""One line at the start of every run with the schedule it will really follow.
+
+A run's schedule comes from several config groups (method, data, trainer, a data set's small-data values,
+a recipe); printing the result makes a surprise (the wrong epoch count, an lr scaled for another batch)
+visible in the first second instead of after the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from sslvit.heads.dino_head import DINOHead
+from sslvit.tokenizers.base import VisualTokenizer
+
+log = logging.getLogger(__name__)
+
+
+def output_sizes(module: L.LightningModule) -> list[str]:
+    """The prototypes of the student's heads and the number of codes of every tokenizer."""
+    sizes = []
+    for name, child in module.named_modules():
+        if isinstance(child, DINOHead) and not name.startswith("teacher"):  # the EMA copy is the same
+            sizes.append(f"{name.rsplit('.', 1)[-1]} {child.prototypes.shape[0]} prototypes")
+        elif isinstance(child, VisualTokenizer):  # trained here (dVAE, VQ-KD) or BEiT's target
+            sizes.append(f"{name.rsplit('.', 1)[-1]} {int(child.vocab_size)} codes")
+    return sizes
+
+
+def describe_schedule(trainer: L.Trainer, module: Any) -> str:
+    """``epochs x steps per epoch = total steps, global batch, peak lr, ...`` of this fit."""
+    total = int(trainer.estimated_stepping_batches)
+    epochs = trainer.max_epochs
+    if epochs is not None and epochs > 0:
+        steps = f"{epochs} epochs x {math.ceil(total / epochs)} steps = {total} optimizer steps"
+    else:
+        steps = f"{total} optimizer steps"
+    per_device = getattr(getattr(module, "optim", None), "batch_size_per_device", None)
+    parts = [steps]
+    if per_device is not None:
+        world, accumulate = trainer.world_size, trainer.accumulate_grad_batches
+        global_batch = int(per_device) * world * accumulate
+        parts.append(
+            f"global batch {global_batch} ({per_device} x {world} device(s) x {accumulate} accumulated)"
+        )
+        optim = module.optim
+        parts.append(
+            f"peak lr {optim.scaled_lr(global_batch):.3g} (base {optim.base_lr:g}, {optim.lr_scaling} scaling"
+            f" from batch {optim.lr_reference_batch}), warm-up {optim.warmup_epochs:g} epochs"
+        )
+    parts += output_sizes(module)
+    return "schedule: " + "; ".join(parts)
+
+
+class ScheduleReport(Callback):
+    """Logs :func:`describe_schedule` once, on rank 0, when training starts."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            log.info(describe_schedule(trainer, pl_module))

@@ -1,0 +1,87 @@
+"""A method on any data set but the demo's gets its paper values; the demo's values stay on the demo data.
+
+For every method M, `python train.py method=M data=imagenet` and `data=folder` must compose to exactly the
+values of conf/method/M.yaml (every key the method file sets), with none of the small-data values of
+conf/small_data/fashion_mnist/M.yaml, and the trainer's own epoch count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from toys import CONF_DIR
+
+METHODS = ["dino", "ibot", "dinov2", "beit", "beitv2", "dvae", "vqkd"]
+# The keys a method needs from the command line (a tokenizer or a teacher file), set to dummy paths.
+REQUIRED = {"beit": ["tokenizer.path=/t.pt"], "beitv2": ["tokenizer.path=/t.pt"], "vqkd": ["teacher.path=/t"]}
+OTHER_DATA = {
+    "imagenet": ["data=imagenet", "data.root=/data/imagenet"],
+    "folder": ["data=folder", "data.root=/x"],
+}
+
+
+def leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a.b.c": value} for every leaf of a nested dict (lists are leaves)."""
+    if not isinstance(tree, dict):
+        return {prefix.removesuffix("."): tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(leaves(value, f"{prefix}{key}."))
+    return out
+
+
+def file_leaves(path: Path) -> dict[str, Any]:
+    """The leaves a config file sets itself, and those of the files it includes from its own group."""
+    raw = yaml.safe_load(path.read_text()) or {}
+    out: dict[str, Any] = {}
+    for entry in raw.get("defaults", []):
+        if isinstance(entry, str) and entry != "_self_":  # e.g. `fashion_mnist/dino` in small_data/
+            out.update(file_leaves(path.parents[1] / f"{entry}.yaml"))
+    out.update(leaves({k: v for k, v in raw.items() if k != "defaults"}))
+    return out
+
+
+def compose_run(overrides: list[str]) -> dict[str, Any]:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return leaves(OmegaConf.to_container(cfg, resolve=False))
+
+
+@pytest.mark.parametrize("data", sorted(OTHER_DATA))
+@pytest.mark.parametrize("method", METHODS)
+def test_other_data_gets_the_paper_defaults(method: str, data: str) -> None:
+    run = compose_run([f"method={method}", *OTHER_DATA[data], *REQUIRED.get(method, [])])
+    method_file = file_leaves(Path(CONF_DIR) / "method" / f"{method}.yaml")
+    for override in REQUIRED.get(method, []):  # what the command line sets
+        method_file.pop(override.split("=")[0], None)
+    composed = {k: run.get(k, "<missing>") for k in method_file}
+    differing = {k: (v, composed[k]) for k, v in method_file.items() if composed[k] != v}
+    assert not differing, f"method={method} data={data} differs from conf/method/{method}.yaml: {differing}"
+
+    small = file_leaves(Path(CONF_DIR) / "small_data" / "fashion_mnist" / f"{method}.yaml")
+    assert small, f"method={method} has no small-data values on Fashion-MNIST"
+    # the same run with the small-data values dropped: a key equal there is not a leak
+    plain_leaves = compose_run(
+        [f"method={method}", *OTHER_DATA[data], *REQUIRED.get(method, []), "~small_data"]
+    )
+    leaked = {k: v for k, v in small.items() if run.get(k) == v and plain_leaves.get(k) != v}
+    assert not leaked, f"small-data values leak into data={data}: {leaked}"
+    assert run["trainer.limit_train_batches"] is None and run["trainer.max_epochs"] == 100
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_demo_data_gets_the_small_data_values(method: str) -> None:
+    run = compose_run([f"method={method}", *REQUIRED.get(method, [])])
+    small = file_leaves(Path(CONF_DIR) / "small_data" / "fashion_mnist" / f"{method}.yaml")
+    assert {k: run.get(k) for k in small} == small
+    assert run["trainer.limit_train_batches"] in (200, 400)  # a CPU-sized "epoch"
+
+
+def test_small_data_values_drop_with_one_key() -> None:
+    run = compose_run(["~small_data"])
+    assert run["method.out_dim"] == 65536 and run["trainer.limit_train_batches"] is None
