@@ -23,13 +23,15 @@ def grads(nets: dict[str, nn.Module]) -> list[torch.Tensor]:
     return [p.grad.clone() for net in nets.values() for p in net.parameters()]  # type: ignore[union-attr]
 
 
-def test_global_mode_is_torch_clip_grad_norm_bit_for_bit() -> None:
+def test_global_mode_is_torch_clip_grad_norm() -> None:
     nets, ref = networks_with_grads(), networks_with_grads()
     norm = clip_groups(clipping_groups(nets, "global"), 2.0)
     ref_norm = nn.utils.clip_grad_norm_([p for net in ref.values() for p in net.parameters()], 2.0)
-    assert norm is not None and torch.equal(norm[0], ref_norm) and ref_norm > 2.0
+    assert norm is not None and ref_norm > 2.0
+    # Tolerances, not bit equality: two implementations may sum the squares in another order.
+    torch.testing.assert_close(norm[0], ref_norm, rtol=1e-6, atol=0)
     for got, want in zip(grads(nets), grads(ref), strict=True):
-        assert torch.equal(got, want)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
 
 
 def test_per_parameter_mode_is_dino_clip_gradients() -> None:
@@ -51,10 +53,11 @@ def test_per_network_mode_clips_each_network_on_its_own() -> None:
     nets, ref = networks_with_grads(), networks_with_grads()
     norms = clip_groups(clipping_groups(nets, "per_network"), 10.0)
     ref_norms = torch.stack([nn.utils.clip_grad_norm_(net.parameters(), 10.0) for net in ref.values()])
-    assert norms is not None and torch.equal(norms, ref_norms)
+    assert norms is not None
+    torch.testing.assert_close(norms, ref_norms, rtol=1e-6, atol=0)
     assert (ref_norms > 10.0).any() and (ref_norms < 10.0).any()  # one network clipped, one not
     for got, want in zip(grads(nets), grads(ref), strict=True):
-        assert torch.equal(got, want)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
 
 
 def test_parameters_without_gradients_or_frozen_are_left_out() -> None:
