@@ -5,7 +5,8 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from sslvit.backbones import MaskedViT
 from sslvit.config import register_resolvers
@@ -41,6 +42,21 @@ def loader(batches: list[MultiCropBatch]) -> torch.utils.data.DataLoader:
 
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def build_vit(size: str, **overrides) -> MaskedViT:
+    """The MaskedViT of conf/backbone/vit_<size>.yaml (where the sizes are defined), 224 px, patch 16
+    unless ``overrides`` (any MaskedViT argument) say otherwise."""
+    data = {"patch_size": 16, "transform": {"global_crop_size": 224}}
+    backbone = OmegaConf.load(Path(CONF_DIR) / "backbone" / f"vit_{size}.yaml")
+    return instantiate(OmegaConf.merge({"data": data}, {"backbone": backbone}).backbone, **overrides)
+
+
+def vit_size(size: str) -> dict[str, int]:
+    """``embed_dim``, ``depth`` and ``num_heads`` of conf/backbone/vit_<size>.yaml."""
+    backbone = OmegaConf.load(Path(CONF_DIR) / "backbone" / f"vit_{size}.yaml")
+    return {key: int(backbone[key]) for key in ("embed_dim", "depth", "num_heads")}
+
 
 # Overrides that make any training config tiny: a 2-block ViT on 32-px fake images, small heads.
 TINY = [

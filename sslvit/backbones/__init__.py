@@ -1,6 +1,8 @@
-"""ViT backbones: timm's VisionTransformer with a mask token, registers and any-size inputs."""
+"""ViT backbones: timm's VisionTransformer with a mask token, registers and any-size inputs.
+
+The named sizes (test, tiny, small, base, large) are defined in conf/backbone/vit_<size>.yaml only.
+"""
 
 from sslvit.backbones.masked_vit import MaskedViT
-from sslvit.backbones.presets import VIT_PRESETS, build_vit
 
-__all__ = ["VIT_PRESETS", "MaskedViT", "build_vit"]
+__all__ = ["MaskedViT"]

@@ -15,9 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslvit.backbones.presets import VIT_PRESETS
-
-_NAMED = ("tiny", "small", "base", "large")
+# timm's names of its standard ViT widths (embed_dim, depth, heads), for a readable arch name only.
+_TIMM_NAMES = {
+    (192, 12, 3): "vit_tiny",
+    (384, 12, 6): "vit_small",
+    (768, 12, 12): "vit_base",
+    (1024, 24, 16): "vit_large",
+}
 
 
 def timm_spec(backbone: nn.Module) -> tuple[str, dict[str, Any]]:
@@ -29,11 +33,8 @@ def timm_spec(backbone: nn.Module) -> tuple[str, dict[str, Any]]:
             "place for it, so it cannot be exported as one"
         )
     embed_dim, depth, heads = int(vit.embed_dim), len(vit.blocks), int(vit.blocks[0].attn.num_heads)
-    arch = "vit_base_patch16_224"  # any ViT name would do: the kwargs below override its values
-    for name in _NAMED:
-        preset = VIT_PRESETS[name]
-        if (preset["embed_dim"], preset["depth"], preset["num_heads"]) == (embed_dim, depth, heads):
-            arch = f"vit_{name}_patch16_224"
+    # any ViT name would do: the kwargs below override its values
+    arch = f"{_TIMM_NAMES.get((embed_dim, depth, heads), 'vit_base')}_patch16_224"
     block = vit.blocks[0]
     has_layerscale = hasattr(block.ls1, "gamma")
     kwargs = {

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-
-from sslvit.backbones import build_vit
+from toys import build_vit
 
 
 @pytest.mark.parametrize(("size", "registers"), [("small", 0), ("tiny", 4)])

@@ -7,8 +7,9 @@ import json
 import pytest
 import timm
 import torch
+from toys import build_vit
 
-from sslvit.backbones import MaskedViT, build_vit
+from sslvit.backbones import MaskedViT
 from sslvit.eval.checkpoint_import import import_backbone_state, load_any_checkpoint
 from sslvit.eval.export import export_timm, timm_reload_max_abs_diff, timm_spec
 
