@@ -1,8 +1,20 @@
-"""Reading backbone weights out of checkpoints (``init_from=``)."""
+"""The one checkpoint reader, and reading backbone weights out of checkpoints (``init_from=``).
+
+Every file the code base reads weights from (``checkpoint=``, ``init_from=``, ``ckpt_path=``,
+``teacher.path=`` / ``teacher.weights=``, ``tokenizer.path=``) goes through :func:`read_checkpoint`: no
+pickled code runs, stored configs are checked against the allow-list of
+:mod:`sslvit.utils.safe_config` before anything is built from them, and a missing, truncated, refused
+or foreign file is one line naming the option and the file.
+"""
 
 from __future__ import annotations
 
+import argparse
 import math
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,20 +22,110 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from sslvit.utils.safe_config import TOKENIZER_TARGETS, UnsafeConfigError, check_stored_config
+
 # Where a backbone's weights live in the checkpoints we write, best source first: the EMA teacher
 # gives better features than the student (DINO paper, section 5.2).
 _BACKBONE_PREFIXES = ("teacher.backbone.", "student.backbone.")
+RUN_CONFIG_KEY = "sslvit_config"
+TOKENIZER_KEY = "sslvit_tokenizer"
+# The parts of a stored run config that are ever built (evaluation's backbone and data, a feature
+# teacher's backbone); the rest (method, trainer, callbacks, ...) is a record that nothing builds.
+_BUILT_PARTS = ("backbone", "data")
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``)."""
+def read_checkpoint(path: str | Path, source: str | None = None, *, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint as plain data: tensors and Python values only, stored configs checked.
+
+    Accepts ``torch.save`` files (zip or legacy format; the ``argparse.Namespace`` that DINO and iBOT
+    releases store is allowed) and ``.safetensors`` files.
+
+    Args:
+        path: the file.
+        source: how the user named it (``init_from=/runs/x/last.ckpt``), for messages; default
+            ``checkpoint <path>``.
+        mmap: map tensors from the file instead of reading them (zip-format files only; others are
+            read): cheap when only the keys and shapes are needed.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: one line: the file is truncated or corrupt, pickles objects that could run code,
+            does not hold a dict, or stores a config naming something outside the allow-list.
+    """
     path = Path(path)
+    source = source or f"checkpoint {path}"
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise FileNotFoundError(f"{source} does not exist")
+    if path.suffix == ".safetensors":
+        obj: Any = _read_safetensors(path, source)
+    else:
+        try:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(
+                    path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path)
+                )
+        except Exception as err:  # the type depends on the content: UnpicklingError, RuntimeError, EOFError
+            raise ValueError(_load_error(source, err)) from err
+    if not isinstance(obj, dict):
+        raise ValueError(f"{source} holds a {type(obj).__name__}, not a dict of tensors")
+    check_stored_configs(obj, source)
+    return obj
+
+
+def _read_safetensors(path: Path, source: str) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError or RuntimeError depending on the content
-        raise ValueError(f"checkpoint {path} cannot be loaded safely: {str(err).splitlines()[0]}") from err
+        return dict(load_file(str(path)))
+    except Exception as err:  # safetensors raises its own error type on a damaged header
+        raise ValueError(f"{source} is truncated or not a safetensors file ({_first_line(err)})") from err
+
+
+def _load_error(source: str, err: Exception) -> str:
+    """One line for a failed ``torch.load``; never torch's advice to turn safe loading off."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text:
+        found = _GLOBAL.search(text)
+        if found:
+            what = f"it pickles {found.group(1)}, which could run code on load"
+        else:  # a damaged pickle stream also ends here; say what the unpickler saw
+            detail = text.split("WeightsUnpickler error:")[-1].strip()
+            what = f"its pickle holds something other than tensors and plain values ({_first_line(detail)})"
+        return f"{source} cannot be loaded safely: {what}; only tensors and plain Python values are read"
+    return f"{source} is truncated or not a PyTorch checkpoint ({_first_line(err)})"
+
+
+def _first_line(err: Exception | str) -> str:
+    """The first sentence of an error message; the error's type when there is no text (``EOFError()``)."""
+    text = str(err).strip()
+    first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else ""
+    if isinstance(err, str) or (isinstance(err, RuntimeError | OSError) and first):
+        return first
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def check_stored_configs(checkpoint: Mapping[str, Any], source: str) -> None:
+    """Refuse a checkpoint whose stored run config or tokenizer record could build anything but our
+    allowed classes (see :mod:`sslvit.utils.safe_config`), before any of it is built."""
+    run_cfg = checkpoint.get(RUN_CONFIG_KEY)
+    if run_cfg is not None:
+        if not isinstance(run_cfg, Mapping):
+            raise UnsafeConfigError(f"{source}: {RUN_CONFIG_KEY} is a {type(run_cfg).__name__}, not a dict")
+        for part in _BUILT_PARTS:
+            check_stored_config(run_cfg.get(part), source, f"{RUN_CONFIG_KEY}.{part}")
+    record = checkpoint.get(TOKENIZER_KEY)
+    if record is not None:
+        if not isinstance(record, Mapping) or not isinstance(record.get("config", {}), Mapping):
+            raise UnsafeConfigError(f"{source}: {TOKENIZER_KEY} is not a {{target, config}} record")
+        target = record.get("target")
+        if target not in TOKENIZER_TARGETS:
+            raise UnsafeConfigError(
+                f"{source} is refused: its {TOKENIZER_KEY} record names {target!r}, which is not one of "
+                "sslvit's tokenizer classes; nothing was built"
+            )
+        # The arguments are passed as they are (never built by Hydra), so plain values suffice.
+        check_stored_config(record.get("config", {}), source, f"{TOKENIZER_KEY}.config", frozenset())
 
 
 def backbone_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
@@ -53,24 +155,40 @@ def fit_position_embedding(backbone: nn.Module, state: dict[str, torch.Tensor]) 
     return {**state, "pos_embed": resampled}
 
 
+def describe_mismatch(own: Mapping[str, Any], theirs: Mapping[str, Any]) -> str:
+    """How a state dict ``theirs`` fails to fit a model's ``own`` (tensors or shapes per key): the first
+    shape mismatch and the counts of mismatched, missing and unexpected keys; ``""`` when it fits."""
+    shape = {k: _shape(v) for k, v in own.items()}
+    other = {k: _shape(v) for k, v in theirs.items()}
+    missing = sorted(set(shape) - set(other))
+    unexpected = sorted(set(other) - set(shape))
+    mismatched = [k for k in shape if k in other and shape[k] != other[k]]
+    details = []
+    if mismatched:
+        k = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more shapes)" if len(mismatched) > 1 else ""
+        details.append(f"{k}: checkpoint {other[k]} vs model {shape[k]}{more}")
+    if missing:
+        details.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    return "; ".join(details)
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    """A tensor's shape; a shape given as a tuple or ``torch.Size``; None for a non-tensor value."""
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    return tuple(value) if isinstance(value, tuple | list) else None
+
+
 def load_backbone_weights(backbone: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Copy ``state`` into ``backbone``; a missing key or a shape mismatch is a one-line error.
 
     A position embedding trained at another resolution is resampled to this backbone's grid.
     """
     state = fit_position_embedding(backbone, state)
-    own = backbone.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or mismatched:
-        details = []
-        if mismatched:
-            k = mismatched[0]
-            details.append(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
-        if missing:
-            details.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        raise ValueError(f"{source} does not fit this backbone: " + "; ".join(details))
+    mismatch = describe_mismatch(backbone.state_dict(), state)
+    if mismatch:
+        raise ValueError(f"{source} does not fit this backbone: {mismatch}")
     backbone.load_state_dict(state)
