@@ -66,7 +66,9 @@ def read_checkpoint(path: str | Path, source: str | None = None, *, mmap: bool =
                     path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path)
                 )
         except Exception as err:  # the type depends on the content: UnpicklingError, RuntimeError, EOFError
-            raise ValueError(_load_error(source, err)) from err
+            # `from None`: a printed traceback would otherwise show torch's message as the cause, with
+            # its advice to load the file unsafely; what matters of it is in ours.
+            raise ValueError(_load_error(source, err)) from None
     if not isinstance(obj, dict):
         raise ValueError(f"{source} holds a {type(obj).__name__}, not a dict of tensors")
     check_stored_configs(obj, source)
@@ -79,7 +81,7 @@ def _read_safetensors(path: Path, source: str) -> dict[str, Any]:
     try:
         return dict(load_file(str(path)))
     except Exception as err:  # safetensors raises its own error type on a damaged header
-        raise ValueError(f"{source} is truncated or not a safetensors file ({_first_line(err)})") from err
+        raise ValueError(f"{source} is truncated or not a safetensors file ({_first_line(err)})") from None
 
 
 def _load_error(source: str, err: Exception) -> str:

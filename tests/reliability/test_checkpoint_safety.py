@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import time
+import traceback
 from pathlib import Path
 
 import lightning as L
@@ -204,6 +205,8 @@ def test_refused_pickle_names_what_it_pickles_and_gives_no_advice_to_load_it_uns
         ENTRY_POINTS[entry](path, tmp_path)
     message = _one_line(err, path)
     assert "cannot be loaded safely: it pickles" in message and "open" in message
+    printed = "".join(traceback.format_exception(err.value))  # what a CLI traceback shows, causes included
+    assert not any(advice in printed for advice in _ADVICE), printed
     assert not marker.exists()
 
 
