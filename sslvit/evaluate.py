@@ -32,7 +32,8 @@ from sslvit.eval.finetune import finetune
 from sslvit.eval.knn import knn_accuracy
 from sslvit.eval.linear import format_grid, train_linear_grid
 from sslvit.train import output_dir_of, write_json_atomic
-from sslvit.utils.checkpoint import RUN_CONFIG_KEY, load_backbone_weights
+from sslvit.utils.checkpoint import load_backbone_weights
+from sslvit.utils.checkpoint_reader import RUN_CONFIG_KEY
 from sslvit.utils.matmul_precision import set_float32_matmul_precision
 from sslvit.utils.safe_config import instantiate_stored
 

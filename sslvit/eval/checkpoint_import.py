@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from sslvit.eval.beit_release import beit_to_masked_vit, is_beit_layout
-from sslvit.utils.checkpoint import read_checkpoint
+from sslvit.utils.checkpoint_reader import read_checkpoint
 
 _CHUNKED_BLOCK = re.compile(r"^blocks\.(\d+)\.(\d+)\.")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
@@ -68,7 +68,8 @@ class ImportedBackbone:
 
 def load_any_checkpoint(path: str | Path, source: str | None = None) -> dict[str, Any]:
     """Our checkpoints, exported files and releases (``.pth`` / ``.safetensors``) as plain data, through
-    the one reader :func:`sslvit.utils.checkpoint.read_checkpoint` (no code runs; stored configs checked).
+    the one reader :func:`~sslvit.utils.checkpoint_reader.read_checkpoint` (no code runs; stored
+    configs checked).
 
     Args:
         path: the file.

@@ -9,12 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sslvit.backbones.masked_vit import MaskedViT
-from sslvit.utils.checkpoint import (
-    RUN_CONFIG_KEY,
-    backbone_state_dict,
-    load_backbone_weights,
-    read_checkpoint,
-)
+from sslvit.utils.checkpoint import backbone_state_dict, load_backbone_weights
+from sslvit.utils.checkpoint_reader import RUN_CONFIG_KEY, read_checkpoint
 from sslvit.utils.safe_config import instantiate_stored
 
 # Classifier weights that a timm weights file may carry but a num_classes=0 model has no place for.

@@ -1,6 +1,6 @@
 """Tokenizer files: written at the end of stage 1, read (frozen) by a masked-image-modelling stage 2.
 
-Two layouts, read by the one checkpoint reader (:func:`sslvit.utils.checkpoint.read_checkpoint`: no
+Two layouts, read by the one checkpoint reader (:func:`sslvit.utils.checkpoint_reader.read_checkpoint`: no
 pickled code runs, and the record's class must be one of our tokenizer classes):
 
 * ours: ``{"sslvit_tokenizer": {"target": "sslvit.tokenizers.<Class>", "config": {...}}, "state_dict":
@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from sslvit.tokenizers.dalle import DALLETokenizer
-from sslvit.utils.checkpoint import TOKENIZER_KEY, describe_mismatch, read_checkpoint
+from sslvit.utils.checkpoint import describe_mismatch
+from sslvit.utils.checkpoint_reader import TOKENIZER_KEY, read_checkpoint
 
 __all__ = ["TOKENIZER_KEY", "load_tokenizer", "save_tokenizer", "tokenizer_record"]
 

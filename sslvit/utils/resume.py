@@ -6,7 +6,8 @@ from pathlib import Path
 
 from torch import nn
 
-from sslvit.utils.checkpoint import describe_mismatch, read_checkpoint
+from sslvit.utils.checkpoint import describe_mismatch
+from sslvit.utils.checkpoint_reader import read_checkpoint
 from sslvit.utils.fsdp import unwrapped_name
 
 
@@ -59,7 +60,7 @@ def check_resume_checkpoint(model: nn.Module, ckpt_path: str | None) -> None:
     checkpoint (a folder) is left to Lightning.
 
     Raises:
-        FileNotFoundError / ValueError: see :func:`sslvit.utils.checkpoint.read_checkpoint`; or the
+        FileNotFoundError / ValueError: see :func:`sslvit.utils.checkpoint_reader.read_checkpoint`; or the
             stored weights do not fit the model (another architecture or another method).
     """
     if ckpt_path is None or Path(ckpt_path).is_dir():
