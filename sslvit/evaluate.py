@@ -1,7 +1,8 @@
 """The offline evaluation task: ``python eval.py eval=<knn|linear|finetune|export> checkpoint=<file>``.
 
 The backbone is the EMA teacher's (the student's when the teacher is a frozen network) of one of our
-checkpoints, rebuilt from the run config stored in it under ``sslvit_config``; or a released DINO,
+checkpoints, rebuilt from the run config stored in it under ``sslvit_config`` (only from sslvit's own
+backbone and data classes: a stored config is data, see :mod:`sslvit.utils.safe_config`); or a released DINO,
 iBOT or DINOv2 backbone (:mod:`sslvit.eval.checkpoint_import`), built from what its weights say, with a
 dataset chosen on the command line (``data=fashion_mnist``). Each evaluation writes
 ``eval_summary.json`` (and its own files) into the Hydra output folder.

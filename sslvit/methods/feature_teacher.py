@@ -75,7 +75,8 @@ def load_feature_teacher(
 
     Args:
         path: one of our checkpoints (DINO / iBOT / DINOv2 runs): the backbone is rebuilt from the config
-            stored in it (``sslvit_config``) and gets the checkpoint's *teacher* backbone weights.
+            stored in it (``sslvit_config``; sslvit's own classes only) and gets the checkpoint's *teacher*
+            backbone weights.
         arch: a timm ViT name (``vit_base_patch16_224``, ...), created with ``pretrained=False``.
         weights: a local state-dict file for ``arch`` (``.safetensors``, ``.pth``, ``.bin``; no downloads).
     """
