@@ -1,7 +1,8 @@
 """The offline evaluation task: ``python eval.py eval=<knn|linear|finetune|export> checkpoint=<file>``.
 
 The backbone is the EMA teacher's (the student's when the teacher is a frozen network) of one of our
-checkpoints, rebuilt from the run config stored in it under ``sslvit_config``; or a released DINO,
+checkpoints, rebuilt from the run config stored in it under ``sslvit_config`` (only from sslvit's own
+backbone and data classes: a stored config is data, see :mod:`sslvit.utils.safe_config`); or a released DINO,
 iBOT or DINOv2 backbone (:mod:`sslvit.eval.checkpoint_import`), built from what its weights say, with a
 dataset chosen on the command line (``data=fashion_mnist``). Each evaluation writes
 ``eval_summary.json`` (and its own files) into the Hydra output folder.
@@ -15,7 +16,6 @@ import time
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
@@ -34,7 +34,9 @@ from sslvit.eval.knn import knn_accuracy
 from sslvit.eval.linear import format_grid, train_linear_grid
 from sslvit.train import output_dir_of, write_json_atomic
 from sslvit.utils.checkpoint import load_backbone_weights
+from sslvit.utils.checkpoint_reader import RUN_CONFIG_KEY
 from sslvit.utils.matmul_precision import set_float32_matmul_precision
+from sslvit.utils.safe_config import instantiate_stored
 
 log = logging.getLogger(__name__)
 EVALS = ("knn", "linear", "finetune", "export")
@@ -55,12 +57,13 @@ def load_backbone(
         The backbone (eval mode), the stored run config (None for foreign checkpoints) and the import
         record (layout, key prefix).
     """
-    checkpoint = load_any_checkpoint(checkpoint_path)
+    source = f"checkpoint={checkpoint_path}"
+    checkpoint = load_any_checkpoint(checkpoint_path, source)
     imported = import_backbone_state(checkpoint)
-    run_cfg = checkpoint.get("sslvit_config")
+    run_cfg = checkpoint.get(RUN_CONFIG_KEY)
     if run_cfg is not None:
-        backbone_cfg = OmegaConf.merge(OmegaConf.create(run_cfg["backbone"]), overrides or {})
-        backbone = instantiate(backbone_cfg)
+        where = f"{RUN_CONFIG_KEY}.backbone"
+        backbone = instantiate_stored(run_cfg["backbone"], source, where, overrides)
     else:
         arch = {**imported.arch, **(overrides or {})}
         if arch["img_size"] is None:
@@ -77,14 +80,15 @@ def load_backbone(
 
 def build_datamodule(cfg: DictConfig, run_cfg: dict[str, Any] | None) -> Any:
     """The checkpoint's data config with ``cfg.data`` merged over it (a full data group for releases)."""
-    overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
-    base = run_cfg["data"] if run_cfg is not None else {}
-    data_cfg = OmegaConf.merge(OmegaConf.create(base), overrides)
-    if "_target_" not in data_cfg:
+    overrides: Any = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
+    base = (run_cfg or {}).get("data") or {}
+    if "_target_" not in base and "_target_" not in overrides:
         raise ValueError(
             f"checkpoint {cfg.checkpoint} carries no data config; choose a dataset: data=fashion_mnist"
         )
-    datamodule = instantiate(data_cfg)
+    # The stored part is checked against the allow-list; the command line's overrides are the user's own.
+    where = f"{RUN_CONFIG_KEY}.data"
+    datamodule = instantiate_stored(base, f"checkpoint={cfg.checkpoint}", where, overrides)
     if not datamodule.has_labels:
         raise ValueError(f"eval={cfg.eval.name} needs labelled data.eval_train_set and data.eval_val_set")
     return datamodule

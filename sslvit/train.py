@@ -25,7 +25,7 @@ from sslvit.eval.checkpoint_import import complete_for, import_backbone_state, l
 from sslvit.utils.checkpoint import load_backbone_weights
 from sslvit.utils.config_check import check_config_types
 from sslvit.utils.matmul_precision import set_float32_matmul_precision
-from sslvit.utils.resume import resolve_ckpt_path
+from sslvit.utils.resume import check_resume_checkpoint, resolve_ckpt_path
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def init_backbones(model: Any, path: str) -> None:
     (:mod:`sslvit.eval.checkpoint_import`); a source without a mask token keeps the backbone's own.
     """
     source = f"init_from={path}"
-    checkpoint = load_any_checkpoint(path)
+    checkpoint = load_any_checkpoint(path, source)
     try:
         imported = import_backbone_state(checkpoint)
     except ValueError as err:
@@ -123,6 +123,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     status, preempted = "completed", None
     try:
         ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+        check_resume_checkpoint(model, ckpt_path)  # one-line errors before Lightning's own load
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException as stop:  # pre-empted: last.ckpt was saved (CheckpointOnSigterm)
         status, preempted = "preempted", stop

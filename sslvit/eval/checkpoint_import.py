@@ -30,7 +30,6 @@ position embedding is resampled by timm, whose bicubic resampling differs slight
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from sslvit.eval.beit_release import beit_to_masked_vit, is_beit_layout
+from sslvit.utils.checkpoint_reader import read_checkpoint
 
 _CHUNKED_BLOCK = re.compile(r"^blocks\.(\d+)\.(\d+)\.")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
@@ -66,23 +66,16 @@ class ImportedBackbone:
     prefix: str = ""
 
 
-def load_any_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` that also accepts the ``args`` Namespace DINO and iBOT store."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def load_any_checkpoint(path: str | Path, source: str | None = None) -> dict[str, Any]:
+    """Our checkpoints, exported files and releases (``.pth`` / ``.safetensors``) as plain data, through
+    the one reader :func:`~sslvit.utils.checkpoint_reader.read_checkpoint` (no code runs; stored
+    configs checked).
 
-        return dict(load_file(str(path)))
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError or RuntimeError depending on the content
-        raise ValueError(f"checkpoint {path} cannot be loaded safely: {str(err).splitlines()[0]}") from err
-    if not isinstance(obj, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of tensors")
-    return obj
+    Args:
+        path: the file.
+        source: how the user named it (``init_from=<path>``), for messages.
+    """
+    return read_checkpoint(path, source)
 
 
 def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Tensor]:

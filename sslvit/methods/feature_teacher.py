@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,7 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sslvit.backbones.masked_vit import MaskedViT
-from sslvit.utils.checkpoint import backbone_state_dict, load_backbone_weights, load_checkpoint
+from sslvit.utils.checkpoint import backbone_state_dict, load_backbone_weights
+from sslvit.utils.checkpoint_reader import RUN_CONFIG_KEY, read_checkpoint
+from sslvit.utils.safe_config import instantiate_stored
 
 # Classifier weights that a timm weights file may carry but a num_classes=0 model has no place for.
 _CLASSIFIER_PREFIXES = ("head.", "fc_norm.", "head_drop.")
@@ -74,7 +75,8 @@ def load_feature_teacher(
 
     Args:
         path: one of our checkpoints (DINO / iBOT / DINOv2 runs): the backbone is rebuilt from the config
-            stored in it (``sslvit_config``) and gets the checkpoint's *teacher* backbone weights.
+            stored in it (``sslvit_config``; sslvit's own classes only) and gets the checkpoint's *teacher*
+            backbone weights.
         arch: a timm ViT name (``vit_base_patch16_224``, ...), created with ``pretrained=False``.
         weights: a local state-dict file for ``arch`` (``.safetensors``, ``.pth``, ``.bin``; no downloads).
     """
@@ -95,17 +97,17 @@ def load_feature_teacher(
 
 
 def _backbone_from_run(path: str) -> nn.Module:
-    from hydra.utils import instantiate  # the backbone config of the teacher's own run
-    from omegaconf import OmegaConf
-
-    checkpoint = load_checkpoint(path)
-    if "sslvit_config" not in checkpoint or "state_dict" not in checkpoint:
+    source = f"teacher.path={path}"
+    checkpoint = read_checkpoint(path, source)
+    run_cfg = checkpoint.get(RUN_CONFIG_KEY)
+    if not isinstance(run_cfg, dict) or not run_cfg.get("backbone") or "state_dict" not in checkpoint:
         raise ValueError(
-            f"teacher.path={path} is not a checkpoint of sslvit's train.py (no sslvit_config); "
+            f"{source} is not a checkpoint of sslvit's train.py (no {RUN_CONFIG_KEY} with a backbone); "
             "for other weights use teacher.arch=<timm name> teacher.weights=<file>"
         )
-    backbone = instantiate(OmegaConf.create(checkpoint["sslvit_config"]).backbone)
-    load_backbone_weights(backbone, backbone_state_dict(checkpoint), source=f"teacher.path={path}")
+    # The backbone config of the teacher's own run: built only from allowed classes.
+    backbone = instantiate_stored(run_cfg["backbone"], source, f"{RUN_CONFIG_KEY}.backbone")
+    load_backbone_weights(backbone, backbone_state_dict(checkpoint), source=source)
     return backbone
 
 
@@ -126,16 +128,7 @@ def _timm_model(arch: str, weights: str) -> nn.Module:
 
 
 def _read_state_dict(weights: str) -> dict[str, Tensor]:
-    if Path(weights).suffix == ".safetensors":
-        if not Path(weights).is_file():
-            raise FileNotFoundError(f"teacher.weights={weights} does not exist")
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(weights)
-        except Exception as err:  # safetensors raises its own error type on a corrupt header
-            raise ValueError(f"teacher.weights={weights} is not a safetensors file: {err}") from err
-    state = load_checkpoint(weights)
+    state = read_checkpoint(weights, f"teacher.weights={weights}")
     for key in ("state_dict", "model"):
         if isinstance(state.get(key), dict):
             state = state[key]

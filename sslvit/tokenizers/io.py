@@ -1,10 +1,12 @@
 """Tokenizer files: written at the end of stage 1, read (frozen) by a masked-image-modelling stage 2.
 
-Two layouts load with ``torch.load(weights_only=True)``:
+Two layouts, read by the one checkpoint reader (:func:`sslvit.utils.checkpoint_reader.read_checkpoint`: no
+pickled code runs, and the record's class must be one of our tokenizer classes):
 
 * ours: ``{"sslvit_tokenizer": {"target": "sslvit.tokenizers.<Class>", "config": {...}}, "state_dict":
-  {...}}``, either as a standalone ``tokenizer.pt`` or inside a stage-1 Lightning checkpoint (weights
-  prefixed ``tokenizer.``);
+  {...}}``, either as a standalone ``tokenizer.pt`` or inside a stage-1 Lightning checkpoint
+  (``last.ckpt``), where the weights sit under the training module's prefix: ``tokenizer.`` for dVAE,
+  ``student.`` for VQ-KD;
 * DALL-E: a dVAE encoder state dict in the released parameter layout (``blocks.input.w``, ...),
   optionally under a prefix such as ``encoder.`` or inside ``{"state_dict": ...}``.
 """
@@ -21,10 +23,15 @@ import torch
 from torch import nn
 
 from sslvit.tokenizers.dalle import DALLETokenizer
+from sslvit.utils.checkpoint import describe_mismatch
+from sslvit.utils.checkpoint_reader import TOKENIZER_KEY, read_checkpoint
 
-TOKENIZER_KEY = "sslvit_tokenizer"
+__all__ = ["TOKENIZER_KEY", "load_tokenizer", "save_tokenizer", "tokenizer_record"]
+
 _FORMATS = ("auto", "sslvit", "dalle")
-_ALLOWED_MODULE = "sslvit.tokenizers."
+# Where a stage-1 Lightning checkpoint keeps the tokenizer's weights: DVAETraining holds it as
+# `tokenizer`, VQKDTraining shares its children with the base's `student` (next to a frozen `teacher`).
+_STAGE1_PREFIXES = ("tokenizer.", "student.")
 
 
 def tokenizer_record(tokenizer: nn.Module) -> dict[str, Any]:
@@ -69,16 +76,7 @@ def load_tokenizer(path: str | os.PathLike[str] | None, format: str = "auto") ->
     if not path:
         raise ValueError("no tokenizer file given: set tokenizer.path=<stage-1 checkpoint or tokenizer.pt>")
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"tokenizer file {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError or RuntimeError depending on the content
-        raise ValueError(
-            f"tokenizer file {path} cannot be loaded safely: {str(err).splitlines()[0]}"
-        ) from err
-    if not isinstance(payload, dict):
-        raise ValueError(f"tokenizer file {path} holds a {type(payload).__name__}, not a dict of tensors")
+    payload = read_checkpoint(path, f"tokenizer file {path}")
     if format == "auto":
         format = "sslvit" if TOKENIZER_KEY in payload else "dalle"
     tokenizer = _from_sslvit(payload, path) if format == "sslvit" else _from_dalle(payload, path)
@@ -90,22 +88,31 @@ def _from_sslvit(payload: dict, path: Path) -> nn.Module:
     record = payload.get(TOKENIZER_KEY)
     if not isinstance(record, dict) or "target" not in record:
         raise ValueError(f"{path} is not an sslvit tokenizer file (no {TOKENIZER_KEY!r} record)")
+    # read_checkpoint has checked the record: the target is one of our tokenizer classes.
     target = str(record["target"])
-    if not target.startswith(_ALLOWED_MODULE):
-        raise ValueError(f"{path}: tokenizer class {target!r} is not in {_ALLOWED_MODULE}")
     module_name, _, class_name = target.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name, None)
-    if cls is None:
-        raise ValueError(f"{path}: tokenizer class {target!r} does not exist")
+    cls = getattr(importlib.import_module(module_name), class_name)
     tokenizer = cls(**record.get("config", {}))
-    state = payload.get("state_dict", {})
-    if any(k.startswith("tokenizer.") for k in state):  # a stage-1 Lightning checkpoint
-        state = {k.removeprefix("tokenizer."): v for k, v in state.items() if k.startswith("tokenizer.")}
-    try:
-        tokenizer.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit {class_name}: {str(err).splitlines()[0]}") from err
+    state = _tokenizer_weights(tokenizer, payload.get("state_dict", {}))
+    mismatch = describe_mismatch(tokenizer.state_dict(), state)
+    if mismatch:
+        raise ValueError(f"{path}: weights do not fit {class_name}: {mismatch}")
+    tokenizer.load_state_dict(state, strict=True)
     return tokenizer
+
+
+def _tokenizer_weights(tokenizer: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """The tokenizer's entries of ``state``: the whole dict of a ``tokenizer.pt``, or the entries under
+    the stage-1 prefix whose names are exactly the tokenizer's (a frozen teacher's keys are left out)."""
+    own = set(tokenizer.state_dict())
+    if own <= set(state):
+        return state
+    best: dict[str, Any] = {}
+    for prefix in _STAGE1_PREFIXES:
+        found = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        if len(own & set(found)) > len(own & set(best)):
+            best = found
+    return best or state
 
 
 def _from_dalle(payload: dict, path: Path) -> nn.Module:

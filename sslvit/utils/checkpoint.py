@@ -1,9 +1,9 @@
-"""Reading backbone weights out of checkpoints (``init_from=``)."""
+"""Reading backbone weights out of checkpoints (``init_from=``, ``checkpoint=``, ``teacher.path=``)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -13,17 +13,6 @@ from torch import nn
 # Where a backbone's weights live in the checkpoints we write, best source first: the EMA teacher
 # gives better features than the student (DINO paper, section 5.2).
 _BACKBONE_PREFIXES = ("teacher.backbone.", "student.backbone.")
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError or RuntimeError depending on the content
-        raise ValueError(f"checkpoint {path} cannot be loaded safely: {str(err).splitlines()[0]}") from err
 
 
 def backbone_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
@@ -53,24 +42,40 @@ def fit_position_embedding(backbone: nn.Module, state: dict[str, torch.Tensor]) 
     return {**state, "pos_embed": resampled}
 
 
+def describe_mismatch(own: Mapping[str, Any], theirs: Mapping[str, Any]) -> str:
+    """How a state dict ``theirs`` fails to fit a model's ``own`` (tensors or shapes per key): the first
+    shape mismatch and the counts of mismatched, missing and unexpected keys; ``""`` when it fits."""
+    shape = {k: _shape(v) for k, v in own.items()}
+    other = {k: _shape(v) for k, v in theirs.items()}
+    missing = sorted(set(shape) - set(other))
+    unexpected = sorted(set(other) - set(shape))
+    mismatched = [k for k in shape if k in other and shape[k] != other[k]]
+    details = []
+    if mismatched:
+        k = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more shapes)" if len(mismatched) > 1 else ""
+        details.append(f"{k}: checkpoint {other[k]} vs model {shape[k]}{more}")
+    if missing:
+        details.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    return "; ".join(details)
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    """A tensor's shape; a shape given as a tuple or ``torch.Size``; None for a non-tensor value."""
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    return tuple(value) if isinstance(value, tuple | list) else None
+
+
 def load_backbone_weights(backbone: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Copy ``state`` into ``backbone``; a missing key or a shape mismatch is a one-line error.
 
     A position embedding trained at another resolution is resampled to this backbone's grid.
     """
     state = fit_position_embedding(backbone, state)
-    own = backbone.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or mismatched:
-        details = []
-        if mismatched:
-            k = mismatched[0]
-            details.append(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
-        if missing:
-            details.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        raise ValueError(f"{source} does not fit this backbone: " + "; ".join(details))
+    mismatch = describe_mismatch(backbone.state_dict(), state)
+    if mismatch:
+        raise ValueError(f"{source} does not fit this backbone: {mismatch}")
     backbone.load_state_dict(state)

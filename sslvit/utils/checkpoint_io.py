@@ -36,7 +36,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint IO whose saves are atomic (see :func:`atomic_torch_save`) and whose loads
     never unpickle arbitrary objects: ``ckpt_path=`` goes through ``torch.load(weights_only=True)``
     whatever the caller asks, so a crafted file cannot run code (``init_from=`` does the same in
-    :func:`sslvit.utils.checkpoint.load_checkpoint`)."""
+    :func:`sslvit.utils.checkpoint_reader.read_checkpoint`)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if storage_options is not None:

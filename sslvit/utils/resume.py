@@ -1,8 +1,14 @@
-"""Which checkpoint ``ckpt_path=last`` / ``ckpt_path=auto`` resume from."""
+"""Which checkpoint ``ckpt_path=last`` / ``ckpt_path=auto`` resume from, and whether it fits the model."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from torch import nn
+
+from sslvit.utils.checkpoint import describe_mismatch
+from sslvit.utils.checkpoint_reader import read_checkpoint
+from sslvit.utils.fsdp import unwrapped_name
 
 
 def resume_candidates(output_dir: Path) -> list[Path]:
@@ -43,3 +49,37 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     if not Path(ckpt_path).exists():
         raise FileNotFoundError(f"ckpt_path {ckpt_path} does not exist")
     return ckpt_path
+
+
+def check_resume_checkpoint(model: nn.Module, ckpt_path: str | None) -> None:
+    """Read ``ckpt_path=`` with the one checkpoint reader and compare its weights with ``model`` before
+    Lightning loads it, so that a truncated, refused or foreign file is one line, not a traceback or a
+    wall of size mismatches.
+
+    The tensors are memory-mapped, not read: only names and shapes are compared. A sharded FSDP
+    checkpoint (a folder) is left to Lightning.
+
+    Raises:
+        FileNotFoundError / ValueError: see :func:`sslvit.utils.checkpoint_reader.read_checkpoint`; or the
+            stored weights do not fit the model (another architecture or another method).
+    """
+    if ckpt_path is None or Path(ckpt_path).is_dir():
+        return
+    source = f"ckpt_path={ckpt_path}"
+    checkpoint = read_checkpoint(ckpt_path, source, mmap=True)
+    stored = checkpoint.get("state_dict")
+    if not isinstance(stored, dict):
+        raise ValueError(
+            f"{source} is not a Lightning training checkpoint (no state_dict); "
+            "to start from its weights use init_from=<file>"
+        )
+    # Wrappers (FSDP units, activation checkpointing, torch.compile) rename parameters; compare the
+    # names as the plain model spells them.
+    own = {unwrapped_name(k): v for k, v in model.state_dict().items()}
+    theirs = {unwrapped_name(k): v for k, v in stored.items()}
+    mismatch = describe_mismatch(own, theirs)
+    if mismatch:
+        raise ValueError(
+            f"{source} does not fit this run's model: {mismatch}; resume with the config it was "
+            "trained with, or start from its backbone with init_from=<file>"
+        )

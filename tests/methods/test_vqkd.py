@@ -37,9 +37,8 @@ def dino_checkpoint(tmp_path_factory) -> Path:
 
 
 def test_vqkd_trains_from_a_dino_teacher_and_writes_a_tokenizer(tmp_path, dino_checkpoint):
-    cfg = compose_train_cfg(
-        tmp_path, [*TINY_VQKD, f"teacher.path={dino_checkpoint}", "trainer.fast_dev_run=true"]
-    )
+    one_step = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]
+    cfg = compose_train_cfg(tmp_path, [*TINY_VQKD, f"teacher.path={dino_checkpoint}", *one_step])
     summary = train(cfg)
     metrics = summary["metrics"]
     for key in ("train/loss", "train/rec_loss", "train/commit_loss", "health/codebook_usage"):
@@ -53,7 +52,16 @@ def test_vqkd_trains_from_a_dino_teacher_and_writes_a_tokenizer(tmp_path, dino_c
 
     tokenizer = load_tokenizer(tmp_path / "tokenizer.pt")
     assert isinstance(tokenizer, VQKD) and tokenizer.vocab_size == 32
-    assert tokenizer.encode(torch.rand(2, 3, 32, 32)).shape == (2, 4, 4)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert tokenizer.encode(images).shape == (2, 4, 4)
+    # The stage-1 checkpoint serves as tokenizer.path too (its weights sit under `student.`, next to
+    # the frozen feature teacher's): the same tokenizer as tokenizer.pt.
+    from_checkpoint = load_tokenizer(summary["checkpoints"]["last"])
+    assert isinstance(from_checkpoint, VQKD) and set(from_checkpoint.state_dict()) == set(
+        tokenizer.state_dict()
+    )
+    assert torch.equal(from_checkpoint.encode(images), tokenizer.encode(images))
+    assert torch.allclose(from_checkpoint.quantizer.codebook, tokenizer.quantizer.codebook)
 
 
 def test_teacher_is_the_checkpoint_teacher_and_stays_frozen(dino_checkpoint, tmp_path):

@@ -1,5 +1,6 @@
-"""Checkpoints: atomic writes, a last.ckpt that survives a kill at any point, no code on load,
-NaN / inf stops training with the last good checkpoint kept, and which file ``ckpt_path=last`` picks."""
+"""Checkpoints: atomic writes, a last.ckpt that survives a kill at any point, no code on load, one-line
+messages for truncated, refused and foreign files at every entry point, NaN / inf stops training with
+the last good checkpoint kept, and which file ``ckpt_path=last`` picks."""
 
 from __future__ import annotations
 
@@ -7,19 +8,25 @@ import os
 import re
 import signal
 import time
+import traceback
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from toys import TINY, compose_train_cfg, loader, multicrop_batches, tiny_dino
 
 from sslvit.callbacks import AtomicModelCheckpoint, FiniteLossGuard, NonFiniteLossError
+from sslvit.evaluate import load_backbone
+from sslvit.methods.feature_teacher import load_feature_teacher
+from sslvit.tokenizers import DVAE, load_tokenizer
+from sslvit.tokenizers.io import tokenizer_record
 from sslvit.train import init_backbones, train
 from sslvit.utils import checkpoint_io
 from sslvit.utils.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
-from sslvit.utils.resume import resolve_ckpt_path
+from sslvit.utils.resume import check_resume_checkpoint, resolve_ckpt_path
 
 
 # ------------------------------------------------------------------------------------- atomic saves
@@ -137,6 +144,118 @@ def test_ckpt_path_refuses_a_pickle_that_runs_code(malicious, tmp_path):
     with pytest.raises(ValueError, match=r"evil\.ckpt cannot be loaded safely"):
         train(cfg)  # through the trainer config's checkpoint IO
     assert not marker.exists()
+
+
+# ------------------------------------------- one-line messages for truncated, refused and foreign files
+def _eval_checkpoint(path: Path, tmp_path: Path) -> None:
+    load_backbone(str(path))  # what `python eval.py eval=knn checkpoint=<file>` runs first
+
+
+def _init_from(path: Path, tmp_path: Path) -> None:
+    init_backbones(tiny_dino(), str(path))
+
+
+def _ckpt_path(path: Path, tmp_path: Path) -> None:
+    train(compose_train_cfg(tmp_path / "run", [*TINY, "callbacks=checkpoint", f"ckpt_path={path}"]))
+
+
+def _teacher_path(path: Path, tmp_path: Path) -> None:
+    load_feature_teacher(path=str(path))
+
+
+def _tokenizer_path(path: Path, tmp_path: Path) -> None:
+    load_tokenizer(path)
+
+
+ENTRY_POINTS = {
+    "checkpoint": _eval_checkpoint,
+    "init_from": _init_from,
+    "ckpt_path": _ckpt_path,
+    "teacher.path": _teacher_path,
+    "tokenizer.path": _tokenizer_path,
+}
+# torch's own text for a refused file advises turning safe loading off; it must never reach the user.
+_ADVICE = ("weights_only", "Re-running", "trust", "add_safe_globals")
+
+
+def _one_line(err: pytest.ExceptionInfo, path: Path) -> str:
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message, message
+    assert not any(advice in message for advice in _ADVICE), message
+    return message
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_truncated_checkpoint_is_reported_as_truncated(entry, tmp_path):
+    whole, path = tmp_path / "whole.ckpt", tmp_path / "cut.ckpt"
+    atomic_torch_save({"state_dict": tiny_dino().state_dict(), "global_step": 3}, whole)
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # a copy that stopped half-way
+    with pytest.raises(ValueError) as err:
+        ENTRY_POINTS[entry](path, tmp_path)
+    message = _one_line(err, path)
+    assert "is truncated or not a PyTorch checkpoint" in message and "safely" not in message
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_refused_pickle_names_what_it_pickles_and_gives_no_advice_to_load_it_unsafely(
+    entry, malicious, tmp_path
+):
+    path, marker = malicious
+    with pytest.raises(ValueError) as err:
+        ENTRY_POINTS[entry](path, tmp_path)
+    message = _one_line(err, path)
+    assert "cannot be loaded safely: it pickles" in message and "open" in message
+    printed = "".join(traceback.format_exception(err.value))  # what a CLI traceback shows, causes included
+    assert not any(advice in printed for advice in _ADVICE), printed
+    assert not marker.exists()
+
+
+def _tiny_run_model(overrides: list[str], tmp_path: Path):
+    cfg = compose_train_cfg(tmp_path / "compose", [*TINY, *overrides])
+    return instantiate(cfg.method, backbone=instantiate(cfg.backbone))
+
+
+def test_ckpt_path_of_another_architecture_is_one_line_before_lightning_loads(tmp_path):
+    """A real training checkpoint of a wider ViT (embed_dim 64 vs vit_test's 48): Lightning's own
+    message lists every mismatched tensor on its own line."""
+    other = _tiny_run_model(["backbone.embed_dim=64"], tmp_path)
+    path = tmp_path / "wider.ckpt"
+    atomic_torch_save({"state_dict": other.state_dict(), "global_step": 1, "epoch": 0}, path)
+    with pytest.raises(ValueError) as err:
+        _ckpt_path(path, tmp_path)
+    message = _one_line(err, path)
+    assert f"ckpt_path={path} does not fit this run's model" in message
+    assert "checkpoint (1, 1, 64) vs model (1, 1, 48)" in message  # the first tensor: student cls_token
+    assert "init_from=" in message  # the way to start from its weights instead
+
+
+def test_ckpt_path_of_another_method_names_the_missing_and_unexpected_keys(tmp_path):
+    ibot = _tiny_run_model(["method=ibot"], tmp_path)
+    path = tmp_path / "ibot.ckpt"
+    atomic_torch_save({"state_dict": ibot.state_dict(), "global_step": 1}, path)
+    with pytest.raises(ValueError) as err:
+        _ckpt_path(path, tmp_path)  # a DINO run
+    message = _one_line(err, path)
+    assert "does not fit this run's model" in message and "unexpected keys" in message
+
+
+def test_check_resume_checkpoint_accepts_the_run_own_checkpoint(tmp_path):
+    model = tiny_dino()
+    path = tmp_path / "own.ckpt"
+    atomic_torch_save({"state_dict": model.state_dict(), "global_step": 1}, path)
+    check_resume_checkpoint(model, str(path))  # fits: no error
+    check_resume_checkpoint(model, None)  # ckpt_path=null / auto with nothing to resume
+
+
+def test_tokenizer_weights_of_another_size_are_one_line(tmp_path):
+    small = DVAE(vocab_size=8, downsample=4, hidden_dim=4, input_kernel=3)
+    large = DVAE(vocab_size=16, downsample=4, hidden_dim=4, input_kernel=3)
+    path = tmp_path / "tokenizer.pt"
+    torch.save({"sslvit_tokenizer": tokenizer_record(small), "state_dict": large.state_dict()}, path)
+    with pytest.raises(ValueError) as err:
+        load_tokenizer(path)
+    message = _one_line(err, path)
+    assert "weights do not fit DVAE" in message and "(16," in message and "(8," in message
 
 
 # ------------------------------------------------------------------------------- non-finite loss
