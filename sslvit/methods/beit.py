@@ -141,6 +141,8 @@ class BEiT(TeacherStudentModule):
         assert indices is not None  # derived from masks by MaskedImageBatch
         masked_logits = self.student["head"](gather_masked(out["x_norm_patchtokens"], indices))  # (M, K)
         masked_targets = gather_masked(targets, indices)  # (M,)
+        # The mean over this process's masked tokens (as the official code): the global batch's mean when
+        # every process masks as many tokens, as BEiT's fixed-count block masking nearly does.
         loss = self.mim_loss(masked_logits, masked_targets)
 
         accuracy = self.mim_loss.accuracy(masked_logits, masked_targets)
