@@ -1,4 +1,5 @@
 from sslvit.heads.cls_pretrain_head import CLSPretrainHead
 from sslvit.heads.dino_head import DINOHead
+from sslvit.heads.global_batch_norm import GlobalBatchNorm1d
 
-__all__ = ["CLSPretrainHead", "DINOHead"]
+__all__ = ["CLSPretrainHead", "DINOHead", "GlobalBatchNorm1d"]

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslvit.heads.global_batch_norm import GlobalBatchNorm1d
+
 
 class DINOHead(nn.Module):
     """Projection head of DINO (Caron et al., 2021, arXiv:2104.14294), also used by iBOT and DINOv2.
@@ -31,7 +33,9 @@ class DINOHead(nn.Module):
             ``use_bn_in_head``, off for ViTs there). It standardises the head's inputs over the batch, so the
             part of the features shared by every image (large in a freshly initialised ViT) no longer drowns
             the per-image differences that the teacher's targets are made of. Batch statistics are used in
-            training *and* evaluation mode, as the official teacher (never put in eval mode) does.
+            training *and* evaluation mode, as the official teacher (never put in eval mode) does. The
+            statistics are those of the global batch over all processes (:class:`GlobalBatchNorm1d`), so
+            N processes with B/N images each normalise as one process with B does.
     """
 
     def __init__(
@@ -53,7 +57,7 @@ class DINOHead(nn.Module):
             layers.append(nn.Linear(d_in, d_out))
             if i < len(dims) - 2:
                 if use_bn:
-                    layers.append(nn.BatchNorm1d(d_out, track_running_stats=False))
+                    layers.append(GlobalBatchNorm1d(d_out))
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         self.prototypes = nn.Parameter(torch.empty(out_dim, bottleneck_dim))

@@ -11,6 +11,7 @@ from torch import nn
 
 from sslvit.methods.optim_config import OptimConfig, apply_lr_wd
 from sslvit.methods.sync_free_logging import SyncFreeLogging
+from sslvit.utils.distributed import mean_over_processes
 from sslvit.utils.fsdp import unwrapped_name
 from sslvit.utils.grad_clip import clip_groups, clipping_groups
 from sslvit.utils.param_groups import param_groups
@@ -136,8 +137,25 @@ class TeacherStudentModule(SyncFreeLogging):
             )
         return values
 
+    # ------------------------------------------------------------------------ data parallelism
+    #: Trainable parameters this method never uses in a training step (full names, e.g. DINO's
+    #: ``student.backbone.mask_token``: it sees no masked crops). They stay in the state dict, for
+    #: evaluation, ``init_from`` and checkpoints, but DDP does not reduce them: a parameter DDP waits for
+    #: in vain fails the second step (or forces ``find_unused_parameters``, a graph walk every step).
+    unused_parameters: tuple[str, ...] = ()
+
+    def hide_unused_parameters_from_ddp(self) -> None:
+        """Tell DDP (read when it wraps this module) to skip :attr:`unused_parameters`."""
+        names = dict(self.named_parameters())
+        missing = [name for name in self.unused_parameters if name not in names]
+        if missing:
+            raise ValueError(f"{type(self).__name__}.unused_parameters names no parameter: {missing}")
+        self._ddp_params_and_buffers_to_ignore = list(self.unused_parameters)
+
     # --------------------------------------------------------------------------------- optimizer
     def setup(self, stage: str) -> None:
+        # Lightning calls setup before the strategy wraps the module in DDP.
+        self.hide_unused_parameters_from_ddp()
         # FSDP turns every parameter into a 1-d shard (and renames it) before configure_optimizers
         # runs; remember the true dimensions now so weight decay still skips only biases and norms.
         self._param_ndim = {unwrapped_name(n): p.ndim for n, p in self.student.named_parameters()}
@@ -218,11 +236,24 @@ class TeacherStudentModule(SyncFreeLogging):
         self.after_optimizer_step(values)
 
     # ------------------------------------------------------------------------------------ logging
-    def log_losses(self, total: torch.Tensor, terms: dict[str, torch.Tensor], batch_size: int) -> None:
-        """Log ``train/loss`` and ``train/<term>_loss`` for each named term."""
-        self.log("train/loss", total.detach(), on_step=True, prog_bar=True, batch_size=batch_size)
-        terms_logged = {f"train/{name}_loss": value.detach() for name, value in terms.items()}
-        self.log_dict(terms_logged, on_step=True, on_epoch=False, batch_size=batch_size)
+    def log_losses(
+        self,
+        total: torch.Tensor,
+        terms: dict[str, torch.Tensor],
+        batch_size: int,
+        metrics: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Log ``train/loss``, ``train/<term>_loss`` for each named term and any other per-step ``metrics``.
+
+        Every value is its mean over processes (the global batch's figure when each process holds an
+        equal share), all of them reduced by one collective on the device: no host sync in the step.
+        """
+        names = ["train/loss", *(f"train/{name}_loss" for name in terms), *(metrics or {})]
+        values = mean_over_processes([total, *terms.values(), *(metrics or {}).values()])
+        self.log(names[0], values[0], on_step=True, prog_bar=True, batch_size=batch_size)
+        self.log_dict(
+            dict(zip(names[1:], values[1:], strict=True)), on_step=True, on_epoch=False, batch_size=batch_size
+        )
 
     def log_skipped(self, num_skipped: int) -> None:
         """Count unreadable images the loader dropped (summed over the epoch)."""

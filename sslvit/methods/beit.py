@@ -13,7 +13,8 @@ from sslvit.losses import MIMCrossEntropy
 from sslvit.methods.base import TeacherStudentModule
 from sslvit.methods.optim_config import OptimConfig
 from sslvit.tokenizers.base import VisualTokenizer
-from sslvit.utils.masked_tokens import distinct_codes, gather_masked
+from sslvit.utils.distributed import all_reduce_sum
+from sslvit.utils.masked_tokens import gather_masked
 
 _EVAL_FEATURES = ("mean_patch", "cls")
 
@@ -42,6 +43,13 @@ def eval_features(backbone: Any, images: torch.Tensor, kind: str) -> torch.Tenso
     if kind == "cls":
         return out["x_norm_clstoken"]
     return out["x_norm_patchtokens"].mean(dim=1)
+
+
+@torch.no_grad()
+def global_distinct_codes(ids: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """How many of ``num_codes`` ids occur in the ``ids`` of all processes (a float tensor, no host sync)."""
+    seen = torch.zeros(num_codes, device=ids.device).scatter_(0, ids.flatten().long(), 1.0)
+    return (all_reduce_sum(seen) > 0).sum().float()
 
 
 @torch.no_grad()
@@ -133,11 +141,13 @@ class BEiT(TeacherStudentModule):
         assert indices is not None  # derived from masks by MaskedImageBatch
         masked_logits = self.student["head"](gather_masked(out["x_norm_patchtokens"], indices))  # (M, K)
         masked_targets = gather_masked(targets, indices)  # (M,)
+        # The mean over this process's masked tokens (as the official code): the global batch's mean when
+        # every process masks as many tokens, as BEiT's fixed-count block masking nearly does.
         loss = self.mim_loss(masked_logits, masked_targets)
 
-        self.log_losses(loss, {"mim": loss}, batch.batch_size)
-        self.log("train/mim_acc", self.mim_loss.accuracy(masked_logits, masked_targets), on_step=True)
+        accuracy = self.mim_loss.accuracy(masked_logits, masked_targets)
+        self.log_losses(loss, {"mim": loss}, batch.batch_size, {"train/mim_acc": accuracy})
         # Collapse check on the targets themselves.
-        distinct = distinct_codes(targets, masked_logits.shape[-1])
+        distinct = global_distinct_codes(targets, masked_logits.shape[-1])
         self.log("health/target_codes", distinct, on_step=True, on_epoch=False)
         return {"loss": loss}

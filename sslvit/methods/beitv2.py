@@ -15,11 +15,12 @@ from sslvit.methods.beit import (
     _EVAL_FEATURES,
     check_tokenizer,
     eval_features,
+    global_distinct_codes,
     mim_classifier,
     tokenizer_target_ids,
 )
 from sslvit.methods.optim_config import OptimConfig
-from sslvit.utils.masked_tokens import distinct_codes, gather_masked
+from sslvit.utils.masked_tokens import gather_masked
 
 
 class BEiTv2(TeacherStudentModule):
@@ -186,11 +187,9 @@ class BEiTv2(TeacherStudentModule):
         mim, mim_cls, logits = self.mim_losses(out["x_norm_patchtokens"], cls_head_tokens, targets, indices)
         loss = mim + mim_cls
 
-        self.log_losses(loss, {"mim": mim, "mim_cls": mim_cls}, batch.batch_size)
         accuracy = self.mim_loss.accuracy(logits, gather_masked(targets, indices))
-        self.log("train/mim_acc", accuracy, on_step=True)
+        self.log_losses(loss, {"mim": mim, "mim_cls": mim_cls}, batch.batch_size, {"train/mim_acc": accuracy})
         # Collapse check on the targets themselves.
-        self.log(
-            "health/target_codes", distinct_codes(targets, logits.shape[-1]), on_step=True, on_epoch=False
-        )
+        distinct = global_distinct_codes(targets, logits.shape[-1])
+        self.log("health/target_codes", distinct, on_step=True, on_epoch=False)
         return {"loss": loss}

@@ -36,6 +36,9 @@ class DINO(TeacherStudentModule):
         momentum_teacher / momentum_teacher_end: EMA momentum cosine (0.996 -> 1).
     """
 
+    # No crop is masked: the backbone's mask token (kept for evaluation and init_from) gets no gradient.
+    unused_parameters = ("student.backbone.mask_token",)
+
     def __init__(
         self,
         backbone: nn.Module,

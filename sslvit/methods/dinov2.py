@@ -131,7 +131,8 @@ class DINOv2(TeacherStudentModule):
         terms = {
             "dino": self.dino_loss(list(student_cls_logits), list(teacher_cls_probs)),
             "ibot": self.ibot_loss.forward_masked(student_patch_logits, teacher_patch_probs, masks, indices),
-            # Per global view, as in the paper's implementation: neighbours among the same view's images.
+            # Per global view and per process, as in the paper's implementation: neighbours among this
+            # process's images of the same view (so N processes are not one process on N times the batch).
             "koleo": torch.stack([self.koleo_loss(x) for x in student_global_cls.chunk(num_global)]).sum(),
         }
         loss = sum(self.weights[name] * value for name, value in terms.items())

@@ -13,7 +13,7 @@ from sslvit.methods.optim_config import OptimConfig, apply_lr_wd
 from sslvit.methods.sync_free_logging import SyncFreeLogging
 from sslvit.tokenizers.dvae import DVAE, kl_to_uniform, usage_and_perplexity
 from sslvit.tokenizers.io import TOKENIZER_KEY, save_tokenizer, tokenizer_record
-from sslvit.utils.distributed import all_reduce_sum
+from sslvit.utils.distributed import all_reduce_sum, mean_over_processes
 from sslvit.utils.id_counts import id_counts
 from sslvit.utils.param_groups import param_groups
 from sslvit.utils.schedules import cosine_schedule
@@ -130,8 +130,10 @@ class DVAETraining(SyncFreeLogging):
         loss = recon_loss + values["kl_weight"] * kl_loss
 
         batch_size = batch.batch_size
-        self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=batch_size)
-        terms = {"train/recon_loss": recon_loss.detach(), "train/kl_loss": kl_loss.detach()}
+        # Means over processes (one all-reduce on the device): the global batch's losses under DDP.
+        total, recon, kl = mean_over_processes([loss, recon_loss, kl_loss])
+        self.log("train/loss", total, on_step=True, prog_bar=True, batch_size=batch_size)
+        terms = {"train/recon_loss": recon, "train/kl_loss": kl}
         self.log_dict(terms, on_step=True, on_epoch=False, batch_size=batch_size)
         self.log_dict({f"sched/{k}": v for k, v in values.items()}, on_step=True, on_epoch=False)
         with torch.no_grad():

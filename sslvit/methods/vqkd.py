@@ -57,6 +57,9 @@ class VQKDTraining(TeacherStudentModule):
         pixel_mean / pixel_std: the data normalisation (stored in the tokenizer for ``encode``).
     """
 
+    # The encoder reads whole images: its mask token (part of the tokenizer file) gets no gradient.
+    unused_parameters = ("student.backbone.mask_token",)
+
     def __init__(
         self,
         backbone: nn.Module,

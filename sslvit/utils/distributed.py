@@ -6,6 +6,8 @@ process and under DDP / FSDP.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 
@@ -47,3 +49,31 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def all_reduce_sum_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over processes, out of place, with gradients flowing back to every process.
+
+    The backward pass all-reduces the incoming gradients, so each process receives the gradient of the
+    sum of all processes' losses with respect to its own input (what global batch statistics need).
+    Returns ``tensor`` itself with no process group.
+    """
+    if not is_distributed():
+        return tensor
+    # The functional collective: differentiable (its backward all-reduces the gradients), out of place.
+    import torch.distributed._functional_collectives as funcol
+
+    group = dist.group.WORLD
+    assert group is not None  # the default group exists: is_distributed() said so
+    return funcol.all_reduce(tensor, "sum", group)
+
+
+@torch.no_grad()
+def mean_over_processes(values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each 0-d tensor of ``values`` averaged over processes, with one all-reduce for all of them.
+
+    For logging per-step metrics of the global batch: the collective runs on the device, so the host
+    does not wait for it. Detached float32 results; the values themselves with no process group.
+    """
+    stacked = torch.stack([value.detach().float() for value in values])
+    return list(all_reduce_mean(stacked).unbind())
