@@ -87,13 +87,14 @@ class TeacherStudentModule(SyncFreeLogging):
             return
         student = dict(self.student.named_parameters())
         pairs = [(t, student[name].detach()) for name, t in self.teacher.named_parameters()]
-        teacher, students = [t for t, _ in pairs], [s for _, s in pairs]
+        teacher: list[torch.Tensor] = [t for t, _ in pairs]
+        students: list[torch.Tensor] = [s for _, s in pairs]
         applied = self.step_guard.applied
         if applied is None:
             torch._foreach_lerp_(teacher, students, 1.0 - momentum)
         else:  # weight 0 after a skipped step, decided on the device (the same arithmetic otherwise)
-            weight = applied * (1.0 - momentum)
-            torch._foreach_lerp_(teacher, students, [weight] * len(teacher))
+            weights = [applied * (1.0 - momentum)] * len(teacher)  # 0-d tensors: the `.List` overload
+            torch._foreach_lerp_(teacher, students, weights)  # type: ignore[arg-type]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B,C,H,W) images -> (B,D) teacher CLS features (evaluation features)."""

@@ -12,7 +12,7 @@ reads the decision on the host, which costs nothing on a CPU and one wait per st
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -62,7 +62,7 @@ class NonFiniteStepGuard:
     def __call__(
         self,
         optimizer: torch.optim.Optimizer,
-        networks: dict[str, nn.Module],
+        networks: Mapping[str, nn.Module],
         clip_grad: float,
         clip_mode: str,
         sharded: bool = False,
@@ -75,7 +75,7 @@ class NonFiniteStepGuard:
         if self._groups is None or self._groups[0] != id(optimizer):
             # Built once per optimizer (the parameters stay the same), in the optimizer's order.
             order = [p for group in optimizer.param_groups for p in group["params"]]
-            self._groups = (id(optimizer), named_clipping_groups(networks, clip_mode, order))
+            self._groups = (id(optimizer), named_clipping_groups(dict(networks), clip_mode, order))
         measured = measure_and_clip(list(self._groups[1].values()), clip_grad, sharded=sharded)
         self._last = measured
         if measured is None:  # nothing to step: whatever a previous step marked no longer applies
