@@ -4,6 +4,9 @@ it is counted, and too many in a row stop the run naming the clipping groups and
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -169,3 +172,21 @@ def test_the_dvae_trainer_skips_nan_gradients_too(tmp_path):
     assert changed(snapshots.before[1], snapshots.after[1], "adamw.") == []
     assert changed(snapshots.before[2], snapshots.after[2], "module.")
     assert float(trainer.callback_metrics["train/skipped_steps"]) == 1.0
+
+
+@pytest.mark.ddp
+def test_under_fsdp_a_nan_in_one_shard_has_every_rank_skip(tmp_path):
+    """The groups' squared norms are summed over the ranks' shards, so the NaN reaches every rank's
+    decision: all skip the same step (a rank stepping alone would leave the shards inconsistent)."""
+    worker = Path(__file__).with_name("fsdp_skip_worker.py")
+    out = tmp_path / "result"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"]
+    cmd += ["--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", str(worker), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [torch.load(f"{out}.{rank}") for rank in (0, 1)]
+    assert sorted(rank for r in results for rank in r["nan_on"]) == [1]  # one rank's shard only
+    for rank, result in enumerate(results):
+        assert result["applied"] == [1.0, 0.0, 1.0], rank
+        assert result["unchanged"] == [False, True, False], rank
+        assert result["groups"] == [[], ["head"], []], rank
