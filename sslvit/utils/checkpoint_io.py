@@ -11,12 +11,16 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+# mkstemp creates files only their owner can read; a checkpoint gets the mode any new file would get.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 TMP_SUFFIX = ".tmp"  # of files written and then renamed: a leftover one is a save that was killed
 
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, quota, I/O error); str() is one line naming the
-    path and the cause, e.g. ``[Errno 28] No space left on device: '/run/checkpoints/last.ckpt'``."""
+    path and the cause, e.g.
+    ``[Errno 28] No space left on device (checkpoint not written): '/run/checkpoints/last.ckpt'``."""
 
 
 def _os_error_in(err: BaseException) -> OSError | None:
@@ -46,6 +50,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)

@@ -121,6 +121,9 @@ class DiskFullFile:
 def test_a_full_disk_ends_with_one_line_naming_the_file_and_the_cause(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     atomic_torch_save({"step": 1, "w": torch.ones(3)}, path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as any new file, not mkstemp's owner-only
     real_fdopen = os.fdopen
     monkeypatch.setattr(
         checkpoint_io.os, "fdopen", lambda fd, mode: DiskFullFile(real_fdopen(fd, mode), 2000)
