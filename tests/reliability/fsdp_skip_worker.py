@@ -47,7 +47,9 @@ def main(out_path: str) -> None:
         applied.append(float(guard.applied))  # type: ignore[arg-type]
         unchanged.append(all(torch.equal(a, p) for a, p in zip(before, toy.parameters(), strict=True)))
         groups.append(guard.nonfinite_groups())
-    torch.save({"applied": applied, "unchanged": unchanged, "groups": groups, "nan_on": nan_on}, f"{out_path}.{rank}")
+    torch.save(
+        {"applied": applied, "unchanged": unchanged, "groups": groups, "nan_on": nan_on}, f"{out_path}.{rank}"
+    )
     dist.destroy_process_group()
 
 

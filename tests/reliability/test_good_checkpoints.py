@@ -12,9 +12,10 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from toys import loader, multicrop_batches, tiny_dino
 
-from sslvit.callbacks import AtomicModelCheckpoint, FiniteLossGuard
+from sslvit.callbacks import AtomicModelCheckpoint, CheckpointOnSigterm, FiniteLossGuard
 from sslvit.utils import checkpoint_io
 from sslvit.utils.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError, atomic_torch_save
 
@@ -135,3 +136,29 @@ def test_a_full_disk_ends_with_one_line_naming_the_file_and_the_cause(tmp_path, 
     assert err.value.errno == errno.ENOSPC and isinstance(err.value, OSError)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no partial .tmp left
     assert torch.load(path, weights_only=True)["step"] == 1
+
+
+def test_sigterm_does_not_save_a_non_finite_state_over_last_ckpt(tmp_path, caplog):
+    ckpt = AtomicModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=1, save_last="link")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        callbacks=[ckpt],
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    model = tiny_dino()
+    trainer.fit(model, train_dataloaders=loader(multicrop_batches(1)))
+    good = tmp_path / "epoch=0-step=1.ckpt"
+    assert (tmp_path / "last.ckpt").resolve() == good
+    model.centering.center.fill_(float("inf"))
+    with caplog.at_level(logging.WARNING, logger="sslvit.callbacks.preemption"):
+        CheckpointOnSigterm().on_exception(trainer, model, SIGTERMException())
+    assert (tmp_path / "last.ckpt").is_symlink() and (tmp_path / "last.ckpt").resolve() == good
+    assert any("without saving" in r.getMessage() for r in caplog.records)
+    model.centering.center.zero_()  # finite again: SIGTERM saves last.ckpt as usual
+    CheckpointOnSigterm().on_exception(trainer, model, SIGTERMException())
+    assert not (tmp_path / "last.ckpt").is_symlink()
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 1
