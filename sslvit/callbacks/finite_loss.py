@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from sslvit.callbacks.checkpoint import last_good_checkpoint
+from sslvit.callbacks.preemption import last_checkpoint_path
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,10 @@ def _logged_loss_terms(trainer: pl.Trainer) -> dict[str, float]:
 
 def _resume_from(trainer: pl.Trainer) -> str:
     good = last_good_checkpoint(trainer)
+    checks = any(hasattr(cb, "last_good_model_path") for cb in trainer.checkpoint_callbacks)
+    last = last_checkpoint_path(trainer)
+    if good is None and not checks and last.exists():  # a checkpoint callback that checks nothing
+        return f"the last checkpoint is {last} (its tensors were not checked finite)"
     if good is None:
         return "no checkpoint was checked finite yet (start again with a lower lr or more warm-up)"
     return (

@@ -54,7 +54,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        cause = _os_error_in(err)
+        cause = _os_error_in(err) if isinstance(err, Exception) else None  # not on Ctrl-C
         if cause is not None and not isinstance(cause, CheckpointWriteError):
             # One line instead of the zip writer's; the partial file is gone.
             if cause.errno is None:
