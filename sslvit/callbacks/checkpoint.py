@@ -90,6 +90,14 @@ class AtomicModelCheckpoint(ModelCheckpoint):
             for stray in remove_stray_temporaries(self.dirpath):
                 log.warning("removed %s, left by a checkpoint save that was killed mid-write", stray)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Resumed: the state just loaded is the checkpoint's, so checking it checks that file (the
+        # saved callback state only knew the good checkpoint before it). Else save_top_k could delete
+        # the file this run resumed from after a first save that is not good.
+        resumed = trainer.ckpt_path
+        if resumed and os.path.exists(resumed) and not nonfinite_state(trainer)[0]:
+            self.last_good_model_path = os.path.realpath(resumed)
+
     # ------------------------------------------------------------------------------- good or not
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         bad, checked = nonfinite_state(trainer)

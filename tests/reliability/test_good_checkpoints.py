@@ -162,3 +162,27 @@ def test_sigterm_does_not_save_a_non_finite_state_over_last_ckpt(tmp_path, caplo
     CheckpointOnSigterm().on_exception(trainer, model, SIGTERMException())
     assert not (tmp_path / "last.ckpt").is_symlink()
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 1
+
+
+def test_the_checkpoint_a_run_resumed_from_is_good_and_kept(tmp_path):
+    """Its saved callback state cannot name itself; the resumed state is checked at the start."""
+
+    def trainer(max_steps: int, callbacks: list[Callback]) -> L.Trainer:
+        ckpt = AtomicModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=1, save_last="link")
+        return L.Trainer(
+            accelerator="cpu",
+            max_steps=max_steps,
+            logger=False,
+            callbacks=[*callbacks, FiniteLossGuard(enabled=False), ckpt],
+            plugins=[AtomicCheckpointIO()],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+
+    trainer(2, []).fit(tiny_dino(), train_dataloaders=loader(multicrop_batches(4)))
+    resumed_from = tmp_path / "epoch=0-step=2.ckpt"
+    assert (tmp_path / "last.ckpt").resolve() == resumed_from
+    second = trainer(4, [NaNCenterAfter(3)])  # every save of the resumed run is bad
+    second.fit(tiny_dino(), train_dataloaders=loader(multicrop_batches(4)), ckpt_path=tmp_path / "last.ckpt")
+    assert resumed_from.exists() and (tmp_path / "last.ckpt").resolve() == resumed_from
+    assert second.checkpoint_callback.last_good_model_path == str(resumed_from)  # type: ignore[union-attr]
