@@ -2,7 +2,7 @@
 
 from sslvit.callbacks.checkpoint import AtomicModelCheckpoint
 from sslvit.callbacks.features import extract_features
-from sslvit.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
+from sslvit.callbacks.finite_loss import FiniteLossGuard, NonFiniteGradientError, NonFiniteLossError
 from sslvit.callbacks.health import HealthMonitor
 from sslvit.callbacks.knn import KNNCallback
 from sslvit.callbacks.linear_probe import OnlineLinearProbe
@@ -20,6 +20,7 @@ __all__ = [
     "FiniteLossGuard",
     "HealthMonitor",
     "KNNCallback",
+    "NonFiniteGradientError",
     "NonFiniteLossError",
     "OnlineLinearProbe",
     "PeriodicEvalCallback",

@@ -9,6 +9,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from sslvit.callbacks.checkpoint import nonfinite_state
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +37,17 @@ class CheckpointOnSigterm(Callback):
     ) -> None:
         if not isinstance(exception, SIGTERMException):
             return  # a crash (e.g. a non-finite loss) must not overwrite the last good checkpoint
+        # A state with NaN / inf tensors is not saved either (the last good checkpoint stays).
         path = last_checkpoint_path(trainer)
+        bad, checked = nonfinite_state(trainer)
+        if bad:  # last.ckpt stays the last good state
+            log.warning(
+                "SIGTERM: stopped after global step %d without saving: %d of %d tensors are not finite",
+                trainer.global_step,
+                len(bad),
+                checked,
+            )
+            return
         # The atomic save renames a new file over the path: a `last.ckpt` link is replaced, not written
         # through into the periodic checkpoint it pointed to.
         trainer.save_checkpoint(path)

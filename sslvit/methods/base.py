@@ -10,10 +10,10 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from sslvit.methods.optim_config import OptimConfig, apply_lr_wd
+from sslvit.methods.step_guard import NonFiniteStepGuard
 from sslvit.methods.sync_free_logging import SyncFreeLogging
 from sslvit.utils.distributed import mean_over_processes
 from sslvit.utils.fsdp import unwrapped_name
-from sslvit.utils.grad_clip import clip_groups, clipping_groups
 from sslvit.utils.param_groups import param_groups
 from sslvit.utils.schedules import cosine_schedule, linear_warmup
 
@@ -55,8 +55,8 @@ class TeacherStudentModule(SyncFreeLogging):
         self.momentum_teacher_end = momentum_teacher_end
         self.ema_teacher = True
         self.embed_dim: int = int(backbone.embed_dim)  # type: ignore[arg-type]
-        # The clipping groups of the optimizer with this id (built once: the parameters stay the same).
-        self._clip_groups: tuple[int, list[list[nn.Parameter]]] | None = None
+        # Clips the gradients and skips, on the device, a step whose gradients are not finite.
+        self.step_guard = NonFiniteStepGuard()
 
     # ----------------------------------------------------------------------------------- teacher
     def build_teacher(self) -> None:
@@ -81,13 +81,21 @@ class TeacherStudentModule(SyncFreeLogging):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """theta_t <- m theta_t + (1 - m) theta_s for every teacher parameter (EMA teachers only)."""
+        """theta_t <- m theta_t + (1 - m) theta_s for every teacher parameter (EMA teachers only); not
+        at all after a step the :class:`NonFiniteStepGuard` skipped."""
         assert self.teacher is not None
         if not self.ema_teacher:
             return
         student = dict(self.student.named_parameters())
         pairs = [(t, student[name].detach()) for name, t in self.teacher.named_parameters()]
-        torch._foreach_lerp_([t for t, _ in pairs], [s for _, s in pairs], 1.0 - momentum)
+        teacher: list[torch.Tensor] = [t for t, _ in pairs]
+        students: list[torch.Tensor] = [s for _, s in pairs]
+        applied = self.step_guard.applied
+        if applied is None:
+            torch._foreach_lerp_(teacher, students, 1.0 - momentum)
+        else:  # weight 0 after a skipped step, decided on the device (the same arithmetic otherwise)
+            weights = [applied * (1.0 - momentum)] * len(teacher)  # 0-d tensors: the `.List` overload
+            torch._foreach_lerp_(teacher, students, weights)  # type: ignore[arg-type]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B,C,H,W) images -> (B,D) teacher CLS features (evaluation features)."""
@@ -203,15 +211,16 @@ class TeacherStudentModule(SyncFreeLogging):
         gradient_clip_val: float | int | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        if self.optim.clip_grad > 0:
-            if self._clip_groups is None or self._clip_groups[0] != id(optimizer):
-                order = [p for group in optimizer.param_groups for p in group["params"]]
-                groups = clipping_groups(dict(self.student.items()), self.optim.clip_grad_mode, order)
-                self._clip_groups = (id(optimizer), groups)
-            sharded = isinstance(self.trainer.strategy, FSDPStrategy)
-            norms = clip_groups(self._clip_groups[1], self.optim.clip_grad, sharded=sharded)
-            if norms is not None:  # the norm of all gradients before clipping, whatever the groups (a tensor)
-                self.log("train/grad_norm", torch.linalg.vector_norm(norms), on_step=True, on_epoch=False)
+        # Measured even with clip_grad = 0: a non-finite norm has the step skipped (on the device).
+        sharded = isinstance(self.trainer.strategy, FSDPStrategy)
+        networks = {f"student.{name}": net for name, net in self.student.items()}
+        norm = self.step_guard(
+            optimizer, networks, self.optim.clip_grad, self.optim.clip_grad_mode, sharded=sharded
+        )
+        if norm is not None:  # the norm of all gradients before clipping, whatever the groups (a tensor)
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+            assert self.step_guard.skipped is not None
+            self.log("train/skipped_steps", self.step_guard.skipped.float(), on_step=True, on_epoch=False)
 
     def apply_schedules(self, optimizer: torch.optim.Optimizer, step: int) -> dict[str, float]:
         """Write the lr / weight decay of optimizer step ``step`` into every group; return all values."""

@@ -7,9 +7,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import FSDPStrategy
 
 from sslvit.data.batch import MaskedImageBatch
 from sslvit.methods.optim_config import OptimConfig, apply_lr_wd
+from sslvit.methods.step_guard import NonFiniteStepGuard
 from sslvit.methods.sync_free_logging import SyncFreeLogging
 from sslvit.tokenizers.dvae import DVAE, kl_to_uniform, usage_and_perplexity
 from sslvit.tokenizers.io import TOKENIZER_KEY, save_tokenizer, tokenizer_record
@@ -88,6 +90,8 @@ class DVAETraining(SyncFreeLogging):
         self.kl_warmup_epochs = float(kl_warmup_epochs)
         self.straight_through = straight_through
         self.embed_dim = int(tokenizer.vocab_size)  # feature size of forward(), read by the linear probe
+        # Clips the gradients and skips, on the device, a step whose gradients are not finite.
+        self.step_guard = NonFiniteStepGuard()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B,C,H,W) pixels in [0, 1] -> (B, vocab_size) code distribution averaged over positions."""
@@ -163,10 +167,16 @@ class DVAETraining(SyncFreeLogging):
         gradient_clip_val: float | int | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        if self.optim.clip_grad > 0:
-            self.clip_gradients(
-                optimizer, gradient_clip_val=self.optim.clip_grad, gradient_clip_algorithm="norm"
-            )
+        # Measured even with clip_grad = 0: a non-finite norm has the step skipped (on the device).
+        sharded = isinstance(self.trainer.strategy, FSDPStrategy)
+        networks = {"tokenizer": self.tokenizer}
+        norm = self.step_guard(
+            optimizer, networks, self.optim.clip_grad, self.optim.clip_grad_mode, sharded=sharded
+        )
+        if norm is not None:  # the norm of all gradients before clipping (a device tensor)
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+            assert self.step_guard.skipped is not None
+            self.log("train/skipped_steps", self.step_guard.skipped.float(), on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------------------ tokenizer file
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from sslvit.methods.step_guard import SkippingAdamW
 from sslvit.utils.grad_clip import CLIP_MODES
 
 
@@ -31,7 +32,9 @@ class OptimConfig:
         layer_decay: layer-wise lr decay (1 = off).
         patch_embed_lr_mult: lr factor on the patch embedding.
         batch_size_per_device: per-device batch, read from the data config to compute the global batch.
-        fused: use the fused AdamW kernel (CUDA only; ignored on CPU).
+        fused: use the fused AdamW kernel (CUDA only; ignored on CPU). Fused, a step with non-finite
+            gradients is skipped on the device; unfused, the host reads that decision once per step
+            (:class:`~sslvit.methods.step_guard.SkippingAdamW`).
     """
 
     base_lr: float = 5e-4
@@ -66,9 +69,10 @@ class OptimConfig:
         return self.base_lr
 
     def adamw(self, groups: list[dict[str, Any]]) -> torch.optim.AdamW:
-        """AdamW over ``param_groups`` output; lr / weight decay are written before every step."""
+        """AdamW over ``param_groups`` output; lr / weight decay are written before every step, and a
+        step marked ``found_inf`` (non-finite gradients) is skipped."""
         fused = self.fused and torch.cuda.is_available()
-        return torch.optim.AdamW(groups, lr=0.0, betas=(self.betas[0], self.betas[1]), fused=fused or None)
+        return SkippingAdamW(groups, lr=0.0, betas=(self.betas[0], self.betas[1]), fused=fused or None)
 
 
 def apply_lr_wd(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:

@@ -13,6 +13,7 @@ own norm clipping refuses FSDP, whose root module would have to clip.)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -21,6 +22,13 @@ from torch.linalg import vector_norm
 
 CLIP_MODES = ("global", "per_network", "per_parameter")
 _EPS = 1e-6  # as the official codes (and torch's clip_grad_norm_)
+
+
+class GroupNorms(NamedTuple):
+    """The gradient norms of the groups that had gradients, and those groups' positions in the input."""
+
+    norms: Tensor
+    indices: list[int]
 
 
 def clip_groups(
@@ -34,12 +42,23 @@ def clip_groups(
         sharded: the gradients are shards (FSDP): sum the squared norms over the default process group.
 
     Returns:
-        The groups' norms before clipping (a device tensor, one entry per group), or None when no
-        parameter has a gradient.
+        The groups' norms before clipping (a device tensor, one entry per group with gradients), or None
+        when no parameter has a gradient.
     """
+    measured = measure_and_clip(groups, max_norm, sharded)
+    return None if measured is None else measured.norms
+
+
+def measure_and_clip(
+    groups: Sequence[Sequence[nn.Parameter]], max_norm: float, sharded: bool = False
+) -> GroupNorms | None:
+    """:func:`clip_groups` that also says which groups its norms belong to; ``max_norm <= 0`` only
+    measures (a step needs the norms to tell whether its gradients are finite, clipped or not)."""
     grads = [[p.grad for p in group if p.grad is not None] for group in groups]
+    indices = list(range(len(grads)))
     if not sharded:  # the ranks' vectors of norms need not line up: groups without gradients go
-        grads = [group for group in grads if group]
+        indices = [i for i in indices if grads[i]]
+        grads = [grads[i] for i in indices]
     flat = [g for group in grads for g in group]
     if not flat:
         return None
@@ -52,14 +71,15 @@ def clip_groups(
         group_norms = squares.sqrt()
     else:  # the norm of the norms, as torch's clip_grad_norm_ (one group: the same factor, bit for bit)
         group_norms = norms if one_each else torch.stack([vector_norm(part) for part in norms.split(sizes)])
-    factors = (max_norm / (group_norms + _EPS)).clamp(max=1.0)
-    if one_each:
-        torch._foreach_mul_(flat, list(factors.unbind()))
-    else:
-        for group, factor in zip(grads, factors.unbind(), strict=True):
-            if group:
-                torch._foreach_mul_(group, factor)
-    return group_norms
+    if max_norm > 0:
+        factors = (max_norm / (group_norms + _EPS)).clamp(max=1.0)
+        if one_each:
+            torch._foreach_mul_(flat, list(factors.unbind()))
+        else:
+            for group, factor in zip(grads, factors.unbind(), strict=True):
+                if group:
+                    torch._foreach_mul_(group, factor)
+    return GroupNorms(group_norms, indices)
 
 
 def clipping_groups(
@@ -71,6 +91,14 @@ def clipping_groups(
     ``order``: the parameters in the order a group sums its gradients' norms (the optimizer's, as
     Lightning's own clipping; the sum's rounding depends on it), else the networks' order.
     """
+    return list(named_clipping_groups(networks, mode, order).values())
+
+
+def named_clipping_groups(
+    networks: dict[str, nn.Module], mode: str, order: Sequence[nn.Parameter] | None = None
+) -> dict[str, list[nn.Parameter]]:
+    """:func:`clipping_groups` by name, for messages: ``all`` (global), the network's name
+    (per_network) or ``<network>.<parameter>`` (per_parameter)."""
     if mode not in CLIP_MODES:
         raise ValueError(f"clip_grad_mode must be one of {CLIP_MODES}, got {mode!r}")
     position = {id(p): i for i, p in enumerate(order or ())}
@@ -78,8 +106,18 @@ def clipping_groups(
     def in_order(params: list[nn.Parameter]) -> list[nn.Parameter]:  # stable: unchanged without an order
         return sorted(params, key=lambda p: position.get(id(p), len(position)))
 
-    per_network = [in_order([p for p in net.parameters() if p.requires_grad]) for net in networks.values()]
+    per_network = {
+        net_name: in_order([p for p in net.parameters() if p.requires_grad])
+        for net_name, net in networks.items()
+    }
     if mode == "per_network":
-        return [group for group in per_network if group]
-    flat = in_order([p for group in per_network for p in group])
-    return [flat] if mode == "global" else [[p] for p in flat]
+        return {net_name: group for net_name, group in per_network.items() if group}
+    flat = in_order([p for group in per_network.values() for p in group])
+    if mode == "global":
+        return {"all": flat} if flat else {}
+    names = {
+        id(p): f"{net_name}.{param_name}"
+        for net_name, net in networks.items()
+        for param_name, p in net.named_parameters()
+    }
+    return {names[id(p)]: [p] for p in flat}

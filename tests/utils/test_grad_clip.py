@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from sslvit.methods.optim_config import OptimConfig
-from sslvit.utils.grad_clip import clip_groups, clipping_groups
+from sslvit.utils.grad_clip import clip_groups, clipping_groups, measure_and_clip, named_clipping_groups
 
 
 def networks_with_grads(scale: float = 1.0) -> dict[str, nn.Module]:
@@ -93,3 +93,31 @@ def test_groups_follow_the_given_order() -> None:
     )
     assert clipping_groups(nets, "per_parameter", order) == [[p] for p in order]
     assert clipping_groups(nets, "global") == [params]  # no order: the networks' own
+
+
+def test_named_groups_and_measuring_without_clipping() -> None:
+    """clip_grad = 0 measures only (the norms tell a step with non-finite gradients), and the norms
+    say which named groups they belong to."""
+    nets, ref = networks_with_grads(), networks_with_grads()
+    named = named_clipping_groups(nets, "per_network")
+    assert list(named) == ["backbone", "head"]
+    assert list(named_clipping_groups(nets, "global")) == ["all"]
+    assert list(named_clipping_groups(nets, "per_parameter"))[:2] == ["backbone.0.weight", "backbone.0.bias"]
+    nets["backbone"][1].bias.grad = None  # type: ignore[union-attr]
+    nets["head"].weight.grad[0, 0] = float("inf")  # type: ignore[index]
+    measured = measure_and_clip(list(named_clipping_groups(nets, "per_parameter").values()), 0.0)
+    assert measured is not None
+    names = list(named_clipping_groups(nets, "per_parameter"))
+    assert "backbone.1.bias" not in [names[i] for i in measured.indices]  # no gradient: left out
+    bad = [names[i] for i, norm in zip(measured.indices, measured.norms, strict=True) if not norm.isfinite()]
+    assert bad == ["head.weight"]
+    unchanged = [
+        torch.equal(p.grad, q.grad)  # type: ignore[arg-type]
+        for p, q in zip(
+            (p for net in nets.values() for p in net.parameters()),
+            (q for net in ref.values() for q in net.parameters()),
+            strict=True,
+        )
+        if p.grad is not None and p is not nets["head"].weight
+    ]
+    assert len(unchanged) == 4 and all(unchanged)  # measured, not scaled
