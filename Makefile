@@ -47,7 +47,7 @@ format:  ## apply ruff's fixes and formatting
 train:  ## the default job: DINO, ViT-tiny/7 on Fashion-MNIST (ARGS="key=value ..." to override)
 	$(BIN)/python train.py $(ARGS)
 
-bench:  ## pretraining-step benchmark table on a GPU (BENCH_ARGS="..." to change; see README)
+bench:  ## pretraining-step benchmark table on a GPU (BENCH_ARGS="..." to change; see docs/benchmarks.md)
 	$(BIN)/python -m benchmarks.step $(BENCH_ARGS)
 
 clean:  ## remove run outputs and caches (keeps .venv)

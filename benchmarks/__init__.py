@@ -1,4 +1,4 @@
 """Throughput, FLOP and MFU benchmarks of the pretraining step and the data pipeline (not tests).
 
-``python -m benchmarks.step --help`` and ``python -m benchmarks.data --help``; protocol in the README.
+``python -m benchmarks.step --help`` and ``python -m benchmarks.data --help``; protocol in docs/benchmarks.md.
 """

@@ -93,7 +93,7 @@ def compose_cfg(spec: RunSpec, device: torch.device) -> DictConfig:
         # skips them; time the steady state that training spends its time in.
         "method.optim.freeze_last_layer_epochs=0",
     ]
-    if spec.method == "dinov2":  # BENCHMARK.md's DINOv2 setting, stated explicitly
+    if spec.method == "dinov2":  # the benchmark protocol's DINOv2 setting, stated explicitly
         overrides += ["method.out_dim=65536", "method.patch_out_dim=65536", "method.koleo_weight=0.1"]
         overrides += ["data.masking.mask_probability=0.5", "data.masking.ratio_min=0.1"]
         overrides += ["data.masking.ratio_max=0.5"]
@@ -111,7 +111,7 @@ def build_method(cfg: DictConfig, device: torch.device) -> Any:
 def synthetic_batch(cfg: DictConfig, device: torch.device, seed: int = 0) -> MultiCropBatch:
     """Random crops of the configured sizes, with masks from the configured MaskGenerator (if any).
 
-    Built once, before timing: masks come from the data pipeline, never from the step (BENCHMARK.md).
+    Built once, before timing: masks come from the data pipeline, never from the step (docs/benchmarks.md).
     """
     g = torch.Generator().manual_seed(seed)
     t, b = cfg.data.transform, int(cfg.data.batch_size)

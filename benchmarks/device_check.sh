@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of the README's Benchmarks section in one call (fits a 10-minute window):
+# Every GPU figure of docs/benchmarks.md in one call (fits a 10-minute window):
 #   bash benchmarks/device_check.sh [OUT_DIR]      (default outputs/bench)
 # 0. DINOv2's patch targets (Sinkhorn-Knopp) and patch loss alone, at the protocol's size (seconds);
 # 1. the step table and the speed switches (python -m benchmarks.step --suite all), starting no new row
@@ -23,5 +23,5 @@ trap 'rm -rf "$jpegs"' EXIT
 python3 -m benchmarks.data --synthetic "${N_JPEGS:-2048}" --folder "$jpegs" "${data_args[@]}" --json "$out/data.json"
 python3 -m benchmarks.data --folder "$jpegs" "${data_args[@]}" --photometric-on-device --json "$out/data_photometric.json"
 python3 -m benchmarks.data --folder "$jpegs" "${data_args[@]}" --crops-on-device --json "$out/data_crops.json"
-# The README's tables from what was written (python -m benchmarks.report OUT_DIR --readme README.md fills them).
+# The tables of docs/benchmarks.md from what was written (python -m benchmarks.report OUT_DIR --readme docs/benchmarks.md fills them).
 python3 -m benchmarks.report "$out" | tee "$out/report.md"

@@ -13,7 +13,7 @@ import torch
 from timm.layers import Attention
 from torch.utils.flop_counter import FlopCounterMode
 
-# BENCHMARK.md: MFU is quoted against a nominal 800 TFLOP/s (H100 bf16 dense).
+# MFU is quoted against a nominal 800 TFLOP/s (H100 bf16 dense).
 PROTOCOL_PEAK_TFLOPS = 800.0
 
 
@@ -62,7 +62,7 @@ def count_flops(method: Any, fwd_bwd: Callable[[], object]) -> int:
 
     ``torch.utils.flop_counter.FlopCounterMode`` counts matmuls, convolutions and attention as they
     execute (2 FLOPs per multiply-add), in eager mode (compiled blocks are bypassed while counting).
-    Element-wise work (norms, GELU, softmax, the optimizer) is not counted, as in BENCHMARK.md.
+    Element-wise work (norms, GELU, softmax, the optimizer) is not counted (docs/benchmarks.md).
     """
     with (
         explicit_attention(method),

@@ -1,10 +1,11 @@
-"""README tables from the JSON that ``benchmarks/device_check.sh`` writes, with the references and targets.
+"""Benchmark tables (docs/benchmarks.md) from the JSON that ``benchmarks/device_check.sh`` writes.
 
     python -m benchmarks.report outputs/bench                    # print the markdown
-    python -m benchmarks.report outputs/bench --readme README.md # also rewrite its marked blocks
+    python -m benchmarks.report outputs/bench --readme docs/benchmarks.md  # rewrite its marked blocks
 
-Every figure comes from the JSON; the references and targets are BENCHMARK.md's (one H100, same protocol).
-A README block is the text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``.
+Every figure comes from the JSON; beside them stand the reference implementations' figures and our
+targets (one H100, the same protocol; docs/benchmarks.md).
+A marked block is the text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-# BENCHMARK.md, "Reference implementations": (who, img/s, peak GiB) per (method, arch) at batch 128.
+# The reference implementations: (who, img/s, peak GiB) per (method, arch) at batch 128.
 REFERENCES = {
     ("dinov2", "vit_small"): ("official DINOv2 code", 698, 33.3),
     ("dinov2", "vit_base"): ("official DINOv2 code", 367, 54.9),
     ("dino", "vit_small"): ("SSL library's DINO", 918, 21.6),
     ("dino", "vit_base"): ("SSL library's DINO", 447, 41.2),
 }
-# Issue 8 / BENCHMARK.md "Where we aim": images/s, MFU against 800 TFLOP/s, and memory at most the
+# Our targets: images/s, MFU against 800 TFLOP/s, and memory at most the
 # official DINOv2 code's (its figures above).
 TARGET_IMG_S = {("dinov2", "vit_base"): 607, ("dinov2", "vit_small"): 1400, ("dino", "vit_small"): 1800}
 TARGET_MFU_800 = {("dinov2", "vit_base"): 0.45}
@@ -115,7 +116,7 @@ def loader_table(reports: dict[str, dict[str, Any]]) -> str:
 
 
 def blocks(folder: Path) -> dict[str, str]:
-    """The markdown of each README block that the folder's JSON files can fill."""
+    """The markdown of each marked block that the folder's JSON files can fill."""
     out: dict[str, str] = {}
     step_file = folder / "step.json"
     if step_file.exists():
@@ -146,7 +147,7 @@ def rewrite_blocks(text: str, new: dict[str, str]) -> str:
     for name, body in new.items():
         pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
         if not pattern.search(text):
-            raise SystemExit(f"README has no block <!-- bench:{name} --> ... <!-- /bench:{name} -->")
+            raise SystemExit(f"the document has no block <!-- bench:{name} --> ... <!-- /bench:{name} -->")
         text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
     return text
 

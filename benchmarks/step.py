@@ -1,11 +1,11 @@
 """Pretraining-step benchmark: ms/step, images/s, counted FLOPs per image, MFU and peak memory.
 
-Protocol (BENCHMARK.md): synthetic crops built once on the device (2 x 224 + 8 x 98 at patch 14),
+Protocol (docs/benchmarks.md): synthetic crops built once on the device (2 x 224 + 8 x 98 at patch 14),
 masks from the project's MaskGenerator outside the timed step, batch 128, bf16 autocast; timed: the
 whole optimizer step (forward, backward, last-layer freeze, clipping 3.0, schedules, AdamW, EMA).
 
     python -m benchmarks.step --method dinov2 --arch vit_small           # one row
-    python -m benchmarks.step --suite table --json step.json             # the README table
+    python -m benchmarks.step --suite table --json step.json             # the docs/benchmarks.md table
     python -m benchmarks.step --suite switches                           # each speed switch on/off
 """
 

@@ -13,7 +13,7 @@ from sslvit.utils.grad_clip import CLIP_MODES
 
 @dataclass
 class OptimConfig:
-    """AdamW and its step-based schedules (METHODS.md, "Schedules"; DINO defaults).
+    """AdamW and its step-based schedules (the papers' schedules; DINO's defaults).
 
     Attributes:
         base_lr: learning rate at the reference batch size (DINO: 5e-4 at 256).

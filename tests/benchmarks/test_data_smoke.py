@@ -70,7 +70,7 @@ def test_device_check_script_writes_every_json(tmp_path):
     reports = {name: json.loads((tmp_path / name).read_text()) for name in names}
     assert reports["step.json"]["rows"][0]["img_per_s"] > 0
     assert reports["data_crops.json"]["crops_on_device"] and reports["data_crops.json"]["device_stage"]
-    # ... and ends with the README's tables made from them
+    # ... and ends with the benchmark tables made from them
     assert "<!-- bench:step -->" in (tmp_path / "report.md").read_text()
     assert "<!-- bench:loader -->" in (tmp_path / "report.md").read_text()
 

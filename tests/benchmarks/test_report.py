@@ -1,4 +1,4 @@
-"""benchmarks.report turns the benchmark JSON into the README's tables, judged against the targets."""
+"""benchmarks.report turns the benchmark JSON into the docs' benchmark tables, judged against the targets."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The loader workers' half of ``crops_on_device``: decode, draw the crop boxes and flips, send the image.
 
-Cutting and resampling the ten crops of an image is most of the CPU cost of the multi-crop recipe (README,
-*Benchmarks*). Here a worker keeps the decoded image whole (its long side capped, so a batch of phone
+Cutting and resampling the ten crops of an image is most of the CPU cost of the multi-crop recipe
+(docs/benchmarks.md). Here a worker keeps the decoded image whole (its long side capped, so a batch of phone
 photos stays a few hundred MB; the folder dataset already decodes large JPEGs at a reduced scale for
 it), draws every view's ``RandomResizedCrop`` box and flip exactly as torchvision does on that image,
 and the crops are cut on the device

@@ -2,7 +2,7 @@
 whole batch, on whatever device the batch is on.
 
 The loader workers then only decode, crop, flip and hand over uint8 crops, and do about 1.9x more images
-per core (README, *Benchmarks*); on a GPU these ops cost a few element-wise passes over the batch. Every
+per core (docs/benchmarks.md); on a GPU these ops cost a few element-wise passes over the batch. Every
 op draws its parameters *per sample*, as the per-image CPU transforms do, and matches torchvision's
 definition (tests compare each op with ``torchvision.transforms.functional``).
 """
