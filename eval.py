@@ -11,8 +11,10 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     from sslvit.evaluate import evaluate
+    from sslvit.utils.config_errors import reporting_config_errors
 
-    evaluate(cfg)
+    with reporting_config_errors():  # a configuration mistake: one line, not a traceback
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,13 @@ def test_missing_data_folder_fails_at_start_naming_the_path(tmp_path):
     assert "Training" not in proc.stdout  # stopped before the first step
 
 
+def test_config_mistake_is_one_line_without_traceback(tmp_path):
+    proc = run("train.py", "method.student_temp=0", "backbone=vit_test", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: method.student_temp must be > 0, got 0"]
+
+
 @pytest.mark.ddp
 def test_simulated_ddp_run_end_to_end(tmp_path):
     """trainer=ddp_sim: 2 CPU processes (gloo) through the real train.py, k-NN gathered across ranks."""

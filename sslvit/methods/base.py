@@ -11,6 +11,7 @@ from torch import nn
 
 from sslvit.methods.optim_config import OptimConfig, apply_lr_wd
 from sslvit.methods.sync_free_logging import SyncFreeLogging
+from sslvit.utils.epoch_length import optimizer_steps_per_epoch
 from sslvit.utils.fsdp import unwrapped_name
 from sslvit.utils.grad_clip import clip_groups, clipping_groups
 from sslvit.utils.param_groups import param_groups
@@ -100,10 +101,7 @@ class TeacherStudentModule(SyncFreeLogging):
 
     @property
     def steps_per_epoch(self) -> float:
-        max_epochs = self.trainer.max_epochs
-        if max_epochs is None or max_epochs <= 0:
-            return float(self.total_steps)
-        return self.total_steps / max_epochs
+        return optimizer_steps_per_epoch(self.trainer, self.total_steps)
 
     def epochs_to_steps(self, epochs: float) -> int:
         return round(epochs * self.steps_per_epoch)
