@@ -223,7 +223,7 @@ class TeacherStudentModule(SyncFreeLogging):
         self.log_dict(terms_logged, on_step=True, on_epoch=False, batch_size=batch_size)
 
     def log_skipped(self, num_skipped: int) -> None:
-        """Count unreadable images the loader dropped (summed over the epoch)."""
+        """Count unreadable images the loader met, replaced or dropped (summed over the epoch)."""
         self.log(
             "data/skipped_images",
             float(num_skipped),
