@@ -15,6 +15,7 @@ import inspect
 import re
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_object
@@ -177,3 +178,17 @@ def _walk_values(node: DictConfig | ListConfig, key: str) -> None:
 
 def _not_positive(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and not value > 0
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """What ``python eval.py`` checks before loading anything: the checkpoint file, ``eval.*`` divisors.
+
+    Raises:
+        ConfigError: ``checkpoint`` names no file, or e.g. ``eval.temperature must be > 0, got 0``.
+    """
+    if "checkpoint" in cfg and not OmegaConf.is_missing(cfg, "checkpoint"):
+        path = cfg.get("checkpoint")
+        if isinstance(path, str) and not Path(path).expanduser().is_file():
+            what = "is a folder, not a file" if Path(path).expanduser().is_dir() else "does not exist"
+            raise ConfigError(f"checkpoint={path} {what}")
+    check_config_values(cfg, keys=("eval",))

@@ -93,3 +93,21 @@ def test_max_epochs_minus_one_trains_to_max_steps(tmp_path):
     summary = train(cfg)
     assert summary["status"] == "completed"
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_eval_checks_the_checkpoint_file_and_its_divisors(tmp_path):
+    from sslvit.utils.config_check import check_eval_config
+
+    missing = tmp_path / "nope.ckpt"
+    cfg = OmegaConf.create({"checkpoint": str(missing), "eval": {"name": "knn", "temperature": 0.07}})
+    with pytest.raises(ConfigError, match=rf"^checkpoint={missing} does not exist$"):
+        check_eval_config(cfg)
+    cfg.checkpoint = str(tmp_path)
+    with pytest.raises(ConfigError, match=r"is a folder, not a file$"):
+        check_eval_config(cfg)
+    missing.write_bytes(b"")
+    cfg.checkpoint = str(missing)
+    check_eval_config(cfg)
+    cfg.eval.temperature = 0
+    with pytest.raises(ConfigError, match=r"^eval.temperature must be > 0, got 0$"):
+        check_eval_config(cfg)
