@@ -98,8 +98,10 @@ def test_symlinked_folder_outside_the_root_is_followed(tmp_path):
     _image(tmp_path / "elsewhere" / "img.png")
     _image(tmp_path / "data" / "cls" / "own.png")
     (tmp_path / "data" / "cls" / "more").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "data" / "cls" / "grandparent").symlink_to(tmp_path)  # would bring in all of tmp_path
     ds = ImageFolderDataset(tmp_path / "data")
     assert len(ds) == 2 and ds.targets == [0, 0]
+    assert len(ImageFolderDataset(tmp_path / "data", labelled=False)) == 2
 
 
 def test_images_at_a_labelled_root_are_an_error_naming_them(tmp_path):

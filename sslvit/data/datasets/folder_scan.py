@@ -18,17 +18,17 @@ class FolderScan:
     Symbolic links are followed (data sets are often assembled from links), but a directory is entered
     only the first time its *real* path comes up, and a file is kept only the first time its real path
     does: a link back up the tree (``a/up -> ..``) or two links into each other neither repeat samples
-    nor hang the scan. With ``class_roots``, a link from one class into another class's folder is not
-    followed (those images belong to the class whose folder holds them), and nothing reaches back into
-    the data set's root itself.
+    nor hang the scan. A link to the data set's root or one of its parents is not followed (it would
+    bring in the whole tree again, or images from outside it), and with ``class_roots`` neither is a
+    link from one class into another class's folder (those images belong to the class that holds them).
 
     Args:
+        data_root: real path of the data set's folder.
         class_roots: real paths of the class folders (labelled data sets), else empty.
-        blocked: real paths never to enter (the labelled data set's root).
     """
 
+    data_root: str
     class_roots: dict[str, int] = field(default_factory=dict)
-    blocked: set[str] = field(default_factory=set)
     visited_dirs: set[str] = field(default_factory=set)
     seen_files: set[str] = field(default_factory=set)
 
@@ -40,7 +40,9 @@ class FolderScan:
         """
         found: list[tuple[str, int]] = []
         top_real = os.path.realpath(top)
-        if not self._may_enter(top_real, label, is_link=True):
+        if top_real in self.visited_dirs or self._owner(top_real) not in (None, label):
+            return found
+        if top_real != self.data_root and self._encloses_root(top_real):  # a class folder linked to ..
             return found
         self.visited_dirs.add(top_real)
         stack = [(top, top_real)]
@@ -70,11 +72,16 @@ class FolderScan:
         return sorted(found)
 
     def _may_enter(self, real: str, label: int, is_link: bool) -> bool:
-        if real in self.visited_dirs or real in self.blocked:
+        if real in self.visited_dirs:
             return False
         if is_link:
-            return self._owner(real) in (None, label)
-        return self.class_roots.get(real, label) == label  # a class folder linked in as a real folder
+            return not self._encloses_root(real) and self._owner(real) in (None, label)
+        # A plain folder below a linked one can still be another class's folder.
+        return self.class_roots.get(real, label) == label
+
+    def _encloses_root(self, real: str) -> bool:
+        """Whether ``real`` is the data set's folder or one of its parents."""
+        return (self.data_root + os.sep).startswith(real.rstrip(os.sep) + os.sep)
 
     def _may_keep(self, real: str, label: int, is_link: bool) -> bool:
         if real in self.seen_files:

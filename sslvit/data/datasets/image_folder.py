@@ -63,7 +63,7 @@ class ImageFolderDataset:
             raise FileNotFoundError(f"image folder {self.root} {what}")
         self.classes: list[str] = []
         self.samples: list[tuple[str, int]] = []
-        scan = FolderScan()
+        scan = FolderScan(data_root=os.path.realpath(self.root))
         if labelled:
             self.classes = sorted(e.name for e in os.scandir(self.root) if _is_visible_dir(e))
             if not self.classes:
@@ -73,7 +73,6 @@ class ImageFolderDataset:
                 )
             _refuse_images_outside_classes(self.root)
             scan.class_roots = {os.path.realpath(self.root / name): i for i, name in enumerate(self.classes)}
-            scan.blocked = {os.path.realpath(self.root)}
             for label, name in enumerate(self.classes):
                 self._add(scan.images(str(self.root / name), label), label)
         else:
