@@ -4,20 +4,25 @@ Every job of a sweep writes ``<sweep dir>/<job>/summary.json`` (metrics, status,
 ``.hydra/overrides.yaml`` (its command-line overrides). This module reads them and writes
 ``sweep_results.csv`` (every metric) and ``sweep_results.md`` (the overrides that vary across jobs,
 the headline metrics, best first) into the sweep folder. :class:`SweepTableCallback` does the same
-automatically at the end of every ``python train.py -m ...`` (registered in conf/config.yaml).
+automatically during every ``python train.py -m ...`` (registered in conf/config.yaml): after each job,
+failed ones included, because Hydra skips the end-of-multirun hook as soon as one job has failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 CSV_NAME, MARKDOWN_NAME = "sweep_results.csv", "sweep_results.md"
@@ -50,7 +55,8 @@ def _overrides(job_dir: Path) -> dict[str, str]:
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per job: ``job``, its overrides, ``status``, ``wall_time_s`` and every scalar metric.
 
-    A job without summary.json (still running, crashed, killed) gets ``status`` ``no summary``.
+    A job without summary.json (still running, killed) gets ``status`` ``no summary``; a job that raised
+    an exception has ``status`` ``failed`` and the exception in ``error`` (:class:`SweepTableCallback`).
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -62,6 +68,8 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         if summary_path.is_file():
             summary = json.loads(summary_path.read_text())
             row["status"] = summary.get("status", "completed")
+            if summary.get("error"):
+                row["error"] = summary["error"]
             row["wall_time_s"] = summary.get("wall_time_s")
             row.update(summary.get("metrics", {}))
         else:
@@ -82,7 +90,7 @@ def _sort_value(row: dict[str, Any], metric: str, maximize: bool) -> float:
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
-    return "" if value is None else str(value)
+    return "" if value is None else str(value).replace("|", "\\|")  # a table cell
 
 
 def write_sweep_table(
@@ -100,19 +108,22 @@ def write_sweep_table(
     if sort_by:
         rows.sort(key=lambda row: _sort_value(row, sort_by, maximize))
     override_keys = list(dict.fromkeys(k for row in rows for k in _overrides(sweep_dir / row["job"])))
-    metric_keys = sorted({k for row in rows for k in row} - {"job", "status", "wall_time_s", *override_keys})
-    columns = ["job", *override_keys, "status", *metric_keys, "wall_time_s"]
-    with (sweep_dir / CSV_NAME).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    fixed_columns = {"job", "status", "error", "wall_time_s", *override_keys}
+    metric_keys = sorted({k for row in rows for k in row} - fixed_columns)
+    errors = ["error"] if any("error" in row for row in rows) else []
+    columns = ["job", *override_keys, "status", *metric_keys, "wall_time_s", *errors]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(sweep_dir / CSV_NAME, text.getvalue())
 
     varying = [k for k in override_keys if len({row.get(k) for row in rows}) > 1]
     fixed = [f"{k}={rows[0].get(k)}" for k in override_keys if k not in varying]
     headline = [k for k in HEADLINE if k in metric_keys]
     if sort_by and sort_by in metric_keys and sort_by not in headline:
         headline.insert(0, sort_by)
-    md_columns = ["job", *varying, "status", *headline, "wall_time_s"]
+    md_columns = ["job", *varying, "status", *headline, "wall_time_s", *errors]
     lines = [f"# Sweep {sweep_dir}", ""]
     if fixed:
         lines += ["Common overrides: `" + " ".join(fixed) + "`", ""]
@@ -121,17 +132,47 @@ def write_sweep_table(
     lines.append("| " + " | ".join(md_columns) + " |")
     lines.append("|" + "---|" * len(md_columns))
     lines += ["| " + " | ".join(_fmt(row.get(c)) for c in md_columns) + " |" for row in rows]
-    (sweep_dir / MARKDOWN_NAME).write_text("\n".join(lines) + "\n")
+    _write_atomic(sweep_dir / MARKDOWN_NAME, "\n".join(lines) + "\n")
     return rows
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    # Jobs of a parallel launcher (SLURM) may finish together: each writes a whole table under its
+    # own temporary name and renames it, so a reader never sees a half-written file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class SweepTableCallback(Callback):
-    """Hydra callback: write the sweep table when a multirun ends (also after failed jobs)."""
+    """Hydra callback: (re)write the sweep table after every job of a multirun and at its end.
+
+    Hydra does not call ``on_multirun_end`` once a job has raised, so the table is written after each
+    job too (``on_job_end`` runs for failed jobs). A failed job that wrote no summary gets one with
+    ``status: failed`` and the exception's first line, so it shows as a row rather than a gap.
+    """
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN:
+            return
+        if job_return.status == JobStatus.FAILED:
+            job_dir = Path(config.hydra.runtime.output_dir)
+            summary_path = job_dir / "summary.json"
+            if job_dir.is_dir() and not summary_path.exists():
+                error = job_return._return_value  # the public getter re-raises it
+                first_line = (str(error).strip().splitlines() or [""])[0]
+                record = {"status": "failed", "error": f"{type(error).__name__}: {first_line}", "metrics": {}}
+                summary_path.write_text(json.dumps(record, indent=2) + "\n")
+        self._write(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._write(config):
+            print(f"sweep table: {Path(config.hydra.sweep.dir) / MARKDOWN_NAME}")
+
+    def _write(self, config: DictConfig) -> bool:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
-            return
+            return False
         metric = config.get("optimized_metric")
         # Optuna's sweeper states the direction; otherwise losses go down and accuracies go up.
         direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
@@ -139,8 +180,8 @@ class SweepTableCallback(Callback):
         try:
             write_sweep_table(sweep_dir, sort_by=metric, maximize=maximize)
         except ValueError:
-            return  # no job wrote anything (e.g. all failed at composition)
-        print(f"sweep table: {sweep_dir / MARKDOWN_NAME}")
+            return False  # no job wrote anything (e.g. all failed at composition)
+        return True
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,9 +24,11 @@ from sslvit.callbacks.run_config import RunConfigInCheckpoint
 from sslvit.callbacks.schedule_report import ScheduleReport
 from sslvit.eval.checkpoint_import import complete_for, import_backbone_state, load_any_checkpoint
 from sslvit.utils.checkpoint import load_backbone_weights
-from sslvit.utils.config_check import check_config_types
+from sslvit.utils.config_check import check_config_types, check_config_values
+from sslvit.utils.config_errors import building
 from sslvit.utils.matmul_precision import set_float32_matmul_precision
 from sslvit.utils.resume import check_resume_checkpoint, resolve_ckpt_path
+from sslvit.utils.trainer_check import check_trainer
 
 log = logging.getLogger(__name__)
 
@@ -95,20 +98,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     quiet_known_warnings()
     check_config_types(cfg)  # `data.batch_size=abc` -> one line naming the key, before anything is built
+    check_config_values(cfg)  # `method.student_temp=0` -> the same, rather than a ZeroDivisionError later
     output_dir = output_dir_of(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     set_float32_matmul_precision(cfg.get("float32_matmul_precision"))
 
-    datamodule = instantiate(cfg.data)
+    datamodule = building("data", cfg.data, lambda: instantiate(cfg.data))
     # `backbone: null` for methods without a ViT (a tokenizer's own training, e.g. method=dvae).
-    method_kwargs = {} if cfg.get("backbone") is None else {"backbone": instantiate(cfg.backbone)}
-    model = instantiate(cfg.method, **method_kwargs)
+    method_kwargs = {}
+    if cfg.get("backbone") is not None:
+        method_kwargs["backbone"] = building("backbone", cfg.backbone, lambda: instantiate(cfg.backbone))
+    model = building("method", cfg.method, lambda: instantiate(cfg.method, **method_kwargs))
     if cfg.get("init_from"):
         init_backbones(model, cfg.init_from)
 
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = [
+        building(f"callbacks.{name}", node, functools.partial(instantiate, node))
+        for name, node in (cfg.get("callbacks") or {}).items()
+        if node is not None
+    ]
     callbacks += default_progress_bar(cfg.trainer, callbacks)  # refreshed every log step on a GPU
     run_keys = [str(key) for key in cfg if key != "hydra"]  # tests compose with the hydra node included
     callbacks.append(
@@ -116,9 +126,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     callbacks.append(ScheduleReport())  # the effective schedule, printed when training starts
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=output_dir
+    trainer: L.Trainer = building(
+        "trainer",
+        cfg.trainer,
+        lambda: instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=output_dir),
     )
+    check_trainer(trainer)
 
     status, preempted = "completed", None
     try:

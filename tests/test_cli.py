@@ -1,5 +1,6 @@
 """The command lines of README / the issue, run as a user would (subprocesses: ~10 s each)."""
 
+import csv
 import json
 import os
 import subprocess
@@ -55,12 +56,32 @@ def test_multirun_sweep_writes_one_summary_per_job(tmp_path):
     assert len((tmp_path / "sweep_results.csv").read_text().splitlines()) == 3  # header + 2 jobs
 
 
+def test_multirun_with_failed_jobs_still_writes_the_table(tmp_path):
+    # Hydra skips on_multirun_end when a job raises; the table is written after each job instead.
+    proc = run(
+        "train.py", "-m", "backbone=vit_test", "method.student_temp=0,-1", f"hydra.sweep.dir={tmp_path}"
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr  # the configuration error is reported as its one line
+    with (tmp_path / "sweep_results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["failed", "failed"]  # both jobs ran, both are rows
+    assert rows[1]["error"] == "ConfigError: method.student_temp must be > 0, got -1"
+
+
 def test_missing_data_folder_fails_at_start_naming_the_path(tmp_path):
     missing = tmp_path / "no_such_folder"
     proc = run("train.py", "data=folder", f"data.root={missing}", "backbone=vit_test", "trainer=cpu")
     assert proc.returncode != 0
     assert str(missing) in proc.stderr
     assert "Training" not in proc.stdout  # stopped before the first step
+
+
+def test_config_mistake_is_one_line_without_traceback(tmp_path):
+    proc = run("train.py", "method.student_temp=0", "backbone=vit_test", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: method.student_temp must be > 0, got 0"]
 
 
 @pytest.mark.ddp

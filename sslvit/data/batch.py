@@ -47,7 +47,8 @@ class MultiCropBatch(_DerivesMaskIndices):
         masks: (n_global*B, N) bool, True = masked patch, rows ordered view-major like
             ``torch.cat(global_crops)``; None when the method masks nothing.
         labels: (B,) int64 class ids, -1 where the dataset has no labels. Only evaluation reads them.
-        num_skipped: how many unreadable samples the loader dropped while building this batch.
+        num_skipped: how many unreadable samples the loader met while building this batch (replaced
+            by other samples, or dropped).
         mask_indices: (M,) int64 positions of the True entries of ``masks.flatten()``, derived from
             ``masks`` when not given. Made where the masks are (the loader's collate, on the CPU), they
             let the step gather masked tokens with ``index_select``: boolean indexing on the device would
@@ -87,7 +88,8 @@ class MaskedImageBatch(_DerivesMaskIndices):
         labels: (B,) int64 class ids, -1 where the dataset has no labels. Only evaluation reads them.
         tokenizer_images: (B,C,h,w) pixels in [0, 1] for the tokenizer, or None.
         masks: (B,N) bool on the patch grid of ``images``, True = masked; None when nothing is masked.
-        num_skipped: how many unreadable samples the loader dropped while building this batch.
+        num_skipped: how many unreadable samples the loader met while building this batch (replaced
+            by other samples, or dropped).
         mask_indices: (M,) int64 positions of the True entries of ``masks.flatten()`` (see
             :class:`MultiCropBatch`), derived from ``masks`` when not given.
     """

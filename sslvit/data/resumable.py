@@ -64,10 +64,22 @@ class SeededSamples(Dataset):
 
     The transforms draw from torch's global generator; forking it keeps that of the calling process
     untouched, so loading data never shifts the random numbers of the training step.
+
+    A sample the dataset cannot read (None) is replaced, when a whole batch is fetched, by another one
+    drawn at random with a seed derived from the unreadable sample's: batches keep their full size, so
+    every DDP rank runs the same steps with the same shapes whatever files are broken, and the draws are
+    a function of the batch (a resumed run redraws them). The batch counts the unreadable samples it met
+    (``num_unreadable``), which :class:`SeededCollate` adds to the collated batch's ``num_skipped``.
+
+    Args:
+        dataset: ``[index] -> sample | None``.
+        replacement_draws: how many random samples to try for each unreadable one before leaving it
+            out (the collate function then drops it).
     """
 
-    def __init__(self, dataset: Any) -> None:
+    def __init__(self, dataset: Any, replacement_draws: int = 16) -> None:
         self.dataset = dataset
+        self.replacement_draws = replacement_draws
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -86,13 +98,35 @@ class SeededSamples(Dataset):
         batch = SeededBatch(self[key] for key in keys)
         seeds = [key[1] for key in keys if isinstance(key, tuple)]
         batch.seed = mix_seed(*seeds) if seeds else None
+        for position, key in enumerate(keys):
+            if batch[position] is None:
+                batch[position] = self._replacement(key, batch)
+        if all(sample is None for sample in batch):
+            raise RuntimeError(
+                f"all {len(batch)} samples of a batch and {self.replacement_draws} replacement draws for "
+                "each were unreadable; see the 'skipping unreadable image' warnings for their paths"
+            )
         return batch
+
+    def _replacement(self, key: int | tuple[int, int], batch: SeededBatch) -> Any:
+        """A readable sample in place of the unreadable ``key``, or None after ``replacement_draws``."""
+        seed = key[1] if isinstance(key, tuple) else mix_seed(key)
+        batch.num_unreadable += 1
+        for draw in range(self.replacement_draws):
+            sample = self[(mix_seed(seed, draw) % len(self), mix_seed(seed, draw, 1))]
+            if sample is not None:
+                return sample
+            batch.num_unreadable += 1
+        batch.num_unreadable -= 1  # the last one stays in the batch as None: the collate counts it
+        return None
 
 
 class SeededBatch(list):
-    """The samples of one batch, and the seed their collate function runs under (None: unseeded)."""
+    """The samples of one batch, the seed their collate function runs under (None: unseeded), and how
+    many unreadable samples were replaced while fetching it."""
 
     seed: int | None = None
+    num_unreadable: int = 0
 
 
 class SeededCollate:
@@ -100,7 +134,8 @@ class SeededCollate:
 
     Masks are drawn in the collate function from the worker's generator; without this, a run resumed
     mid-epoch (other worker seeds, streams at other positions) would see other masks than the
-    uninterrupted run. Torch's generator of the worker is restored afterwards.
+    uninterrupted run. Torch's generator of the worker is restored afterwards. Unreadable samples that
+    were replaced while fetching the batch are added to the collated batch's ``num_skipped``.
     """
 
     def __init__(self, collate: Callable[[list[Any]], Any]) -> None:
@@ -109,10 +144,15 @@ class SeededCollate:
     def __call__(self, samples: list[Any]) -> Any:
         seed = getattr(samples, "seed", None)
         if seed is None:
-            return self.collate(samples)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.collate(list(samples))
+            collated = self.collate(samples)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                collated = self.collate(list(samples))
+        replaced = getattr(samples, "num_unreadable", 0)
+        if replaced:
+            collated.num_skipped += replaced
+        return collated
 
 
 class ResumableDataLoader(DataLoader):

@@ -19,10 +19,15 @@ class IBOTPatchLoss(nn.Module):
 
     Args:
         student_temp: student temperature tau_s (0.1).
+
+    Raises:
+        ValueError: ``student_temp`` is not positive.
     """
 
     def __init__(self, student_temp: float = 0.1) -> None:
         super().__init__()
+        if not student_temp > 0:  # it divides the logits
+            raise ValueError(f"student_temp must be > 0, got {student_temp}")
         self.student_temp = student_temp
 
     def forward(

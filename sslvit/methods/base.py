@@ -13,6 +13,7 @@ from sslvit.methods.optim_config import OptimConfig, apply_lr_wd
 from sslvit.methods.step_guard import NonFiniteStepGuard
 from sslvit.methods.sync_free_logging import SyncFreeLogging
 from sslvit.utils.distributed import mean_over_processes
+from sslvit.utils.epoch_length import optimizer_steps_per_epoch
 from sslvit.utils.fsdp import unwrapped_name
 from sslvit.utils.param_groups import param_groups
 from sslvit.utils.schedules import cosine_schedule, linear_warmup
@@ -109,10 +110,7 @@ class TeacherStudentModule(SyncFreeLogging):
 
     @property
     def steps_per_epoch(self) -> float:
-        max_epochs = self.trainer.max_epochs
-        if max_epochs is None or max_epochs <= 0:
-            return float(self.total_steps)
-        return self.total_steps / max_epochs
+        return optimizer_steps_per_epoch(self.trainer, self.total_steps)
 
     def epochs_to_steps(self, epochs: float) -> int:
         return round(epochs * self.steps_per_epoch)
@@ -265,7 +263,7 @@ class TeacherStudentModule(SyncFreeLogging):
         )
 
     def log_skipped(self, num_skipped: int) -> None:
-        """Count unreadable images the loader dropped (summed over the epoch)."""
+        """Count unreadable images the loader met, replaced or dropped (summed over the epoch)."""
         self.log(
             "data/skipped_images",
             float(num_skipped),

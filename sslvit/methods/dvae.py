@@ -16,6 +16,7 @@ from sslvit.methods.sync_free_logging import SyncFreeLogging
 from sslvit.tokenizers.dvae import DVAE, kl_to_uniform, usage_and_perplexity
 from sslvit.tokenizers.io import TOKENIZER_KEY, save_tokenizer, tokenizer_record
 from sslvit.utils.distributed import all_reduce_sum, mean_over_processes
+from sslvit.utils.epoch_length import optimizer_steps_per_epoch
 from sslvit.utils.id_counts import id_counts
 from sslvit.utils.param_groups import param_groups
 from sslvit.utils.schedules import cosine_schedule
@@ -103,9 +104,7 @@ class DVAETraining(SyncFreeLogging):
         return max(1, int(self.trainer.estimated_stepping_batches))
 
     def epochs_to_steps(self, epochs: float) -> int:
-        max_epochs = self.trainer.max_epochs
-        per_epoch = self.total_steps / max_epochs if max_epochs and max_epochs > 0 else self.total_steps
-        return round(epochs * per_epoch)
+        return round(epochs * optimizer_steps_per_epoch(self.trainer, self.total_steps))
 
     def schedule_values(self, step: int) -> dict[str, float]:
         """lr, weight decay, Gumbel temperature and KL weight at optimizer step ``step`` (0-based)."""

@@ -3,23 +3,29 @@
 Hydra parses each override on its own: ``abc`` becomes a string, ``8.5`` a float, and the mistake only
 shows up deep inside a constructor as an unrelated ``TypeError``. :func:`check_config_types` compares
 every plain value with the type annotation of the parameter it feeds (found through the node's
-``_target_``) and reports the first mismatch with its full key.
+``_target_``) and reports the first mismatch with its full key. :func:`check_config_values` does the
+same for values that have the right type but cannot work: a temperature divides logits, so 0 would
+only show up as a ZeroDivisionError (or NaN) at the first step.
 """
 
 from __future__ import annotations
 
 import collections.abc
 import inspect
+import re
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sslvit.utils.config_errors import ConfigError
 
-class ConfigTypeError(TypeError):
+
+class ConfigTypeError(ConfigError, TypeError):
     """A config value does not have the type its ``_target_`` parameter declares."""
 
 
@@ -131,3 +137,58 @@ def check_config_types(
         node = cfg.get(key)
         if isinstance(node, DictConfig):
             _walk(node, key)
+    if "seed" in cfg:  # top-level keys have no _target_ to read the type from
+        _check(int | None, cfg.get("seed"), "seed", "the run")
+
+
+# Keys that divide something (temperatures scale logits as 1/T, the reference batch scales the lr as
+# batch / reference), wherever they sit in the config.
+_POSITIVE_KEY = re.compile(
+    r"(^|_)temp$|^temperature(_start|_end)?$|(^|_)temp_(start|end)$|^lr_reference_batch$"
+)
+
+
+def check_config_values(
+    cfg: DictConfig, keys: tuple[str, ...] = ("data", "backbone", "method", "callbacks")
+) -> None:
+    """Check that temperatures and other divisors under ``keys`` are positive numbers.
+
+    Raises:
+        ConfigError: the first such value that is not > 0, e.g. ``method.student_temp must be > 0, got 0``.
+    """
+    for key in keys:
+        node = cfg.get(key)
+        if isinstance(node, DictConfig):
+            _walk_values(node, key)
+
+
+def _walk_values(node: DictConfig | ListConfig, key: str) -> None:
+    names: Any = list(node) if isinstance(node, DictConfig) else range(len(node))
+    for name in names:
+        full_key = f"{key}.{name}" if isinstance(node, DictConfig) else f"{key}[{name}]"
+        try:
+            value = node[name]
+        except OmegaConfBaseException:
+            continue  # missing or not yet resolvable: reported where it is used
+        if isinstance(value, DictConfig | ListConfig):
+            _walk_values(value, full_key)
+        elif isinstance(node, DictConfig) and _POSITIVE_KEY.search(str(name)) and _not_positive(value):
+            raise ConfigError(f"{full_key} must be > 0, got {value}")
+
+
+def _not_positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not value > 0
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """What ``python eval.py`` checks before loading anything: the checkpoint file, ``eval.*`` divisors.
+
+    Raises:
+        ConfigError: ``checkpoint`` names no file, or e.g. ``eval.temperature must be > 0, got 0``.
+    """
+    if "checkpoint" in cfg and not OmegaConf.is_missing(cfg, "checkpoint"):
+        path = cfg.get("checkpoint")
+        if isinstance(path, str) and not Path(path).expanduser().is_file():
+            what = "is a folder, not a file" if Path(path).expanduser().is_dir() else "does not exist"
+            raise ConfigError(f"checkpoint={path} {what}")
+    check_config_values(cfg, keys=("eval",))

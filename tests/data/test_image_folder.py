@@ -50,14 +50,68 @@ def test_unlabelled_recursive_scan(tmp_path):
     assert ds[0][0].mode == "RGB"
 
 
-def test_zero_byte_files_are_skipped_at_scan(tmp_path, caplog):
+def test_zero_byte_files_are_samples_that_cannot_be_read(tmp_path, caplog):
+    # Kept as samples so that every epoch counts them in data/skipped_images (the loader replaces them).
     _image(tmp_path / "cls" / "ok.png")
     (tmp_path / "cls" / "empty.jpg").write_bytes(b"")
     with caplog.at_level(logging.WARNING):
         ds = ImageFolderDataset(tmp_path)
-    assert len(ds) == 1
-    assert ds.num_skipped_at_scan == 1
-    assert "1 zero-byte" in caplog.text
+    assert len(ds) == 2 and ds.num_empty_files == 1
+    assert "1 image files" in caplog.text and "zero bytes" in caplog.text
+    assert ds[0] is None  # empty.jpg sorts first
+    assert ds[1] is not None
+    assert "empty file" in caplog.text
+
+
+def test_only_empty_files_is_an_error_at_scan(tmp_path):
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "a.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"all 1 image files .* are empty"):
+        ImageFolderDataset(tmp_path)
+
+
+def test_symlink_loop_adds_no_samples_and_keeps_labels(tmp_path):
+    # The user's report: a/up -> .. turned 8 files into 328 samples with mixed labels.
+    for name in ("a", "b"):
+        for i in range(4):
+            _image(tmp_path / name / f"{i}.png", 10 if name == "a" else 20)
+    (tmp_path / "a" / "up").symlink_to("..")
+    (tmp_path / "b" / "to_a").symlink_to("../a")  # another class's folder: its images stay class a
+    ds = ImageFolderDataset(tmp_path)
+    assert len(ds) == 8
+    assert ds.targets == [0] * 4 + [1] * 4
+    assert all(("/a/" in p) == (label == 0) for p, label in ds.samples)
+
+
+def test_two_symlink_loops_do_not_hang_unlabelled(tmp_path):
+    _image(tmp_path / "x" / "1.png")
+    _image(tmp_path / "y" / "2.png")
+    (tmp_path / "x" / "to_y").symlink_to("../y")
+    (tmp_path / "y" / "to_x").symlink_to("../x")
+    (tmp_path / "x" / "self").symlink_to(".")
+    (tmp_path / "x" / "same.png").symlink_to("1.png")  # the same file twice is one sample
+    ds = ImageFolderDataset(tmp_path, labelled=False)
+    assert sorted(p.rsplit("/", 1)[-1] for p, _ in ds.samples) == ["1.png", "2.png"]
+
+
+def test_symlinked_folder_outside_the_root_is_followed(tmp_path):
+    _image(tmp_path / "elsewhere" / "img.png")
+    _image(tmp_path / "data" / "cls" / "own.png")
+    (tmp_path / "data" / "cls" / "more").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "data" / "cls" / "grandparent").symlink_to(tmp_path)  # would bring in all of tmp_path
+    ds = ImageFolderDataset(tmp_path / "data")
+    assert len(ds) == 2 and ds.targets == [0, 0]
+    assert len(ImageFolderDataset(tmp_path / "data", labelled=False)) == 2
+
+
+def test_images_at_a_labelled_root_are_an_error_naming_them(tmp_path):
+    _image(tmp_path / "cls" / "a.png")
+    _image(tmp_path / "stray.jpg")
+    with pytest.raises(
+        ValueError, match=r"1 images in .* are in no class folder \(stray.jpg\).*labelled=false"
+    ):
+        ImageFolderDataset(tmp_path)
+    assert len(ImageFolderDataset(tmp_path, labelled=False)) == 2
 
 
 def test_unreadable_files_return_none_and_warn_once(tmp_path, caplog):

@@ -38,14 +38,15 @@ KILL_AT, SIGTERM_AT = 6, 9  # steps the subprocesses reach before the signal (ch
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    """step -> train/loss over every csv version of a run folder (a resumed run adds a version)."""
-    out: dict[int, float] = {}
-    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
-        with path.open() as f:
-            for row in csv.DictReader(f):
-                if row.get("train/loss"):
-                    out[int(row["step"])] = float(row["train/loss"])
-    return out
+    """step -> train/loss from the run folder's one metrics file (a resumed run continues it)."""
+    assert not list(run_dir.glob("csv/version_*"))
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        logged = [
+            (int(row["step"]), float(row["train/loss"])) for row in csv.DictReader(f) if row.get("train/loss")
+        ]
+    steps = [step for step, _ in logged]
+    assert steps == sorted(set(steps)), steps  # in order, none twice (the resumed steps replaced)
+    return dict(logged)
 
 
 def start(run_dir: Path, pause_at: int) -> subprocess.Popen:
@@ -109,6 +110,7 @@ def final_teacher(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def assert_same_trajectory(resumed: dict[int, float], reference: dict[int, float], first: int) -> None:
     assert sorted(reference) == list(range(12))
+    assert sorted(resumed) == list(range(12))  # before the resume from the interrupted run, then ours
     steps = [s for s in resumed if s >= first]
     assert steps == list(range(first, 12))
     for step in steps:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from sslvit.data import FakeDataset, MultiCropTransform, SSLDataModule
@@ -140,3 +141,26 @@ def test_resumed_loader_draws_the_masks_of_the_uninterrupted_run():
     assert all(torch.equal(a, b) for a, b in zip(masks_after_resume, uninterrupted[2:]))
     # Masks still differ from batch to batch (the per-batch seed is not one fixed seed).
     assert not all(torch.equal(uninterrupted[0], m) for m in uninterrupted[1:])
+
+
+def test_unreadable_samples_are_replaced_by_seeded_draws_and_counted():
+    readable = {3: "three", 5: "five"}
+
+    class HalfBroken:
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, index):
+            return readable.get(index)
+
+    seeded = SeededSamples(HalfBroken(), replacement_draws=64)
+    keys = [(0, 11), (3, 12), (1, 13)]
+    batch = seeded.__getitems__(keys)
+    assert batch[1] == "three"
+    assert batch[0] in readable.values() and batch[2] in readable.values()
+    assert batch.num_unreadable >= 2
+    assert list(seeded.__getitems__(keys)) == list(batch)  # a function of the keys: a resumed run agrees
+
+    hopeless = SeededSamples(HalfBroken(), replacement_draws=0)
+    with pytest.raises(RuntimeError, match=r"all 2 samples of a batch and 0 replacement draws"):
+        hopeless.__getitems__([(0, 1), (1, 2)])

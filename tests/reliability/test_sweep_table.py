@@ -69,6 +69,50 @@ def test_hydra_callback_writes_the_table_at_multirun_end(sweep):
     assert jobs == ["0", "1", "10", "2"]  # by the optimized metric; a loss ranks smallest first
 
 
+def _job_end(sweep: Path, job: str, status, error: Exception | None = None) -> None:
+    from hydra.core.utils import JobReturn
+    from hydra.types import RunMode
+
+    config = OmegaConf.create(
+        {
+            "hydra": {
+                "mode": RunMode.MULTIRUN,
+                "sweep": {"dir": str(sweep)},
+                "runtime": {"output_dir": str(sweep / job)},
+            },
+            "optimized_metric": "val/knn_top1",
+        }
+    )
+    job_return = JobReturn(status=status)
+    job_return.return_value = error
+    SweepTableCallback().on_job_end(config, job_return)
+
+
+def test_table_is_written_after_each_job_with_failed_ones_as_rows(sweep):
+    # Hydra never calls on_multirun_end once a job has raised: the table is updated after every job.
+    from hydra.core.utils import JobStatus
+
+    _job(sweep, 3, ["backbone=vit_test", "data=fake", "method.student_temp=0"], None)
+    _job_end(sweep, "3", JobStatus.FAILED, ValueError("method.student_temp must be > 0, got 0\nmore"))
+    with (sweep / "sweep_results.csv").open() as f:
+        rows = {r["job"]: r for r in csv.DictReader(f)}
+    assert rows["3"]["status"] == "failed"
+    assert rows["3"]["error"] == "ValueError: method.student_temp must be > 0, got 0"
+    assert rows["2"]["status"] == "no summary" and rows["1"]["status"] == "completed"
+    assert "| failed |" in (sweep / "sweep_results.md").read_text()
+    _job_end(sweep, "1", JobStatus.COMPLETED)  # a finished job's own summary is left alone
+    assert json.loads((sweep / "1" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_single_runs_write_no_table(tmp_path):
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import RunMode
+
+    config = OmegaConf.create({"hydra": {"mode": RunMode.RUN, "sweep": {"dir": str(tmp_path)}}})
+    SweepTableCallback().on_job_end(config, JobReturn(status=JobStatus.FAILED))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_folder_is_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"sweep folder .*nowhere does not exist"):
         collect(tmp_path / "nowhere")

@@ -8,21 +8,22 @@ from pathlib import Path
 
 from PIL import Image
 
+from sslvit.data.datasets.folder_scan import IMAGE_EXTENSIONS, FolderScan
 from sslvit.data.image_io import UnreadableImageError, load_rgb
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 class ImageFolderDataset:
     """A folder of images, ImageNet-style (``root/<class>/**/<image>``) or a flat / nested unlabelled pile.
 
     Files are found by extension (case-insensitive, :data:`IMAGE_EXTENSIONS`) and sorted, so the sample
-    order, and hence the evaluation subsets, are the same on every machine. Zero-byte files (interrupted
-    downloads) are skipped while scanning and counted in ``num_skipped_at_scan``. A file that still fails
-    to decode is returned as ``None`` (and warned about once) so one bad JPEG cannot stop an epoch; the
-    collate function drops it and counts it in the batch's ``num_skipped``.
+    order, and hence the evaluation subsets, are the same on every machine. Symbolic links are followed,
+    each real folder and file at most once (:class:`~sslvit.data.datasets.folder_scan.FolderScan`).
+    Zero-byte files (interrupted downloads) are warned about at the scan (``num_empty_files``) and kept
+    as samples that cannot be read: like a file that fails to decode, such a sample is returned as
+    ``None`` (and warned about once) so one bad JPEG cannot stop an epoch; the training loader replaces
+    it and counts it in the batch's ``num_skipped`` (logged as ``data/skipped_images``).
 
     Args:
         root: directory to scan.
@@ -37,8 +38,9 @@ class ImageFolderDataset:
 
     Raises:
         FileNotFoundError: ``root`` does not exist or is not a directory.
-        ValueError: no class sub-folders (labelled) or no image files were found, or an unknown
-            ``on_bad_image``.
+        ValueError: no class sub-folders (labelled), images directly in a labelled root (they would
+            belong to no class; the message names them), no image files or only empty ones, or an
+            unknown ``on_bad_image``.
         UnreadableImageError: with ``on_bad_image="fail"``, a zero-byte or undecodable file.
     """
 
@@ -55,12 +57,13 @@ class ImageFolderDataset:
         self.labelled = labelled
         self.on_bad_image = on_bad_image
         self.decode_max_side = decode_max_side
+        self._empty: set[str] = set()
         if not self.root.is_dir():
             what = "is not a directory" if self.root.exists() else "does not exist"
             raise FileNotFoundError(f"image folder {self.root} {what}")
         self.classes: list[str] = []
         self.samples: list[tuple[str, int]] = []
-        self.num_skipped_at_scan = 0
+        scan = FolderScan(data_root=os.path.realpath(self.root))
         if labelled:
             self.classes = sorted(e.name for e in os.scandir(self.root) if _is_visible_dir(e))
             if not self.classes:
@@ -68,37 +71,39 @@ class ImageFolderDataset:
                     f"no class sub-folders in {self.root} (labelled=true expects root/<class>/<image>; "
                     "use labelled=false for a folder without classes)"
                 )
+            _refuse_images_outside_classes(self.root)
+            scan.class_roots = {os.path.realpath(self.root / name): i for i, name in enumerate(self.classes)}
             for label, name in enumerate(self.classes):
-                self._scan(self.root / name, label)
+                self._add(scan.images(str(self.root / name), label), label)
         else:
-            self._scan(self.root, -1)
+            self._add(scan.images(str(self.root), -1), -1)
         if not self.samples:
             raise ValueError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) found under {self.root}")
-        if self.num_skipped_at_scan:
-            log.warning("skipped %d zero-byte image files under %s", self.num_skipped_at_scan, self.root)
+        if len(self._empty) == len(self.samples):
+            raise ValueError(f"all {len(self.samples)} image files under {self.root} are empty (zero bytes)")
+        if self._empty:
+            log.warning(
+                "%d image files under %s are empty (zero bytes); each is skipped when drawn and counted "
+                "in data/skipped_images",
+                len(self._empty),
+                self.root,
+            )
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.targets = [label for _, label in self.samples]
         self._warned: set[str] = set()
 
-    def _scan(self, directory: Path, label: int) -> None:
-        found: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for name in filenames:
-                if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
-                    continue
-                path = os.path.join(dirpath, name)
-                try:
-                    empty = os.path.getsize(path) == 0
-                except OSError:  # dangling symlink: unreadable, count it like an empty file
-                    empty = True
-                if empty and self.on_bad_image == "fail":
-                    raise UnreadableImageError(path, "empty file (data.on_bad_image=skip skips such files)")
-                if empty:
-                    self.num_skipped_at_scan += 1
-                else:
-                    found.append(path)
-        self.samples.extend((path, label) for path in sorted(found))
+    @property
+    def num_empty_files(self) -> int:
+        """Zero-byte files (interrupted downloads) and dangling links found by the scan."""
+        return len(self._empty)
+
+    def _add(self, found: list[tuple[str, int]], label: int) -> None:
+        for path, size in found:
+            if size <= 0 and self.on_bad_image == "fail":
+                raise UnreadableImageError(path, "empty file (data.on_bad_image=skip skips such files)")
+            if size <= 0:
+                self._empty.add(path)
+            self.samples.append((path, label))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -106,6 +111,8 @@ class ImageFolderDataset:
     def __getitem__(self, index: int) -> tuple[Image.Image, int] | None:
         path, label = self.samples[index]
         try:
+            if path in self._empty:  # named as such: Pillow would only say it cannot identify the file
+                raise UnreadableImageError(path, "empty file (zero bytes)")
             return load_rgb(path, self.decode_max_side), label
         except UnreadableImageError as exc:
             if self.on_bad_image == "fail":
@@ -134,6 +141,28 @@ def eval_image_folder(
     if root is None or not enabled:
         return None
     return ImageFolderDataset(root, labelled=True, on_bad_image=on_bad_image)
+
+
+def _refuse_images_outside_classes(root: Path) -> None:
+    """Images directly in a labelled folder's root belong to no class: say so rather than drop them."""
+    loose = sorted(
+        e.name
+        for e in os.scandir(root)
+        if not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS) and not _is_dir(e)
+    )
+    if loose:
+        shown = ", ".join(loose[:3]) + (f" and {len(loose) - 3} more" if len(loose) > 3 else "")
+        raise ValueError(
+            f"{len(loose)} images in {root} are in no class folder ({shown}): move them into "
+            "root/<class>/, or use data.labelled=false to train on every image without labels"
+        )
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _is_visible_dir(entry: os.DirEntry[str]) -> bool:
