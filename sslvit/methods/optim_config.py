@@ -32,7 +32,9 @@ class OptimConfig:
         layer_decay: layer-wise lr decay (1 = off).
         patch_embed_lr_mult: lr factor on the patch embedding.
         batch_size_per_device: per-device batch, read from the data config to compute the global batch.
-        fused: use the fused AdamW kernel (CUDA only; ignored on CPU). Fused, a step with non-finite
+        fused: use the fused AdamW kernel (CUDA only; ignored on CPU).
+
+    The defaults are conf/optim/adamw.yaml's (a test keeps them equal). Fused, a step with non-finite
             gradients is skipped on the device; unfused, the host reads that decision once per step
             (:class:`~sslvit.methods.step_guard.SkippingAdamW`).
     """
@@ -51,7 +53,7 @@ class OptimConfig:
     layer_decay: float = 1.0
     patch_embed_lr_mult: float = 1.0
     batch_size_per_device: int = 64
-    fused: bool = False
+    fused: bool = True
 
     def __post_init__(self) -> None:
         if self.lr_scaling not in ("linear", "sqrt", "none"):

@@ -42,6 +42,12 @@ def file_leaves(path: Path) -> dict[str, Any]:
     for entry in raw.get("defaults", []):
         if isinstance(entry, str) and entry != "_self_":  # e.g. `fashion_mnist/dino` in small_data/
             out.update(file_leaves(path.parents[1] / f"{entry}.yaml"))
+        elif isinstance(entry, dict):  # e.g. `/optim@method.optim: adamw`: a group file at a package
+            for key, option in entry.items():
+                if key.startswith("/") and "@" in key:
+                    group, package = key[1:].split("@")
+                    included = file_leaves(Path(CONF_DIR) / group / f"{option}.yaml")
+                    out.update({f"{package}.{k}": v for k, v in included.items()})
     out.update(leaves({k: v for k, v in raw.items() if k != "defaults"}))
     return out
 
