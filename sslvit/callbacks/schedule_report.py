@@ -8,7 +8,6 @@ visible in the first second instead of after the run.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import lightning as L
@@ -16,6 +15,7 @@ from lightning.pytorch.callbacks import Callback
 
 from sslvit.heads.dino_head import DINOHead
 from sslvit.tokenizers.base import VisualTokenizer
+from sslvit.utils.epoch_length import optimizer_steps_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,12 @@ def output_sizes(module: L.LightningModule) -> list[str]:
 
 
 def describe_schedule(trainer: L.Trainer, module: Any) -> str:
-    """``epochs x steps per epoch = total steps, global batch, peak lr, ...`` of this fit."""
+    """``total steps = epochs x steps per epoch, global batch, peak lr, ...``, as the schedules see them."""
     total = int(trainer.estimated_stepping_batches)
-    epochs = trainer.max_epochs
-    if epochs is not None and epochs > 0:
-        steps = f"{epochs} epochs x {math.ceil(total / epochs)} steps = {total} optimizer steps"
-    else:
-        steps = f"{total} optimizer steps"
+    # The schedules' own epoch (warm-ups are stated in epochs): a run cut short by max_steps shortens it.
+    per_epoch = optimizer_steps_per_epoch(trainer, total)
+    epochs = total / per_epoch if per_epoch > 0 else 0.0
+    steps = f"{total} optimizer steps = {epochs:g} epochs x {per_epoch:g} steps"
     per_device = getattr(getattr(module, "optim", None), "batch_size_per_device", None)
     parts = [steps]
     if per_device is not None:

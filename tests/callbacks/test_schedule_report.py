@@ -22,7 +22,7 @@ def test_run_logs_its_effective_schedule(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("schedule:")]
     assert len(lines) == 1, lines
     line = lines[0]
-    assert "2 epochs x 3 steps = 6 optimizer steps" in line
+    assert "6 optimizer steps = 2 epochs x 3 steps" in line
     assert "global batch 4 (4 x 1 device(s) x 1 accumulated)" in line
     assert "peak lr 1.56e-05" in line  # 1e-3 * 4 / 256, DINO's linear rule
     assert "head 64 prototypes" in line
