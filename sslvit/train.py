@@ -25,7 +25,7 @@ from sslvit.callbacks.schedule_report import ScheduleReport
 from sslvit.eval.checkpoint_import import complete_for, import_backbone_state, load_any_checkpoint
 from sslvit.utils.checkpoint import load_backbone_weights
 from sslvit.utils.config_check import check_config_types, check_config_values
-from sslvit.utils.config_errors import building
+from sslvit.utils.config_errors import building, reading_files
 from sslvit.utils.matmul_precision import set_float32_matmul_precision
 from sslvit.utils.resume import check_resume_checkpoint, resolve_ckpt_path
 from sslvit.utils.trainer_check import check_trainer
@@ -112,7 +112,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         method_kwargs["backbone"] = building("backbone", cfg.backbone, lambda: instantiate(cfg.backbone))
     model = building("method", cfg.method, lambda: instantiate(cfg.method, **method_kwargs))
     if cfg.get("init_from"):
-        init_backbones(model, cfg.init_from)
+        with reading_files():
+            init_backbones(model, cfg.init_from)
 
     callbacks = [
         building(f"callbacks.{name}", node, functools.partial(instantiate, node))
@@ -135,8 +136,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     status, preempted = "completed", None
     try:
-        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-        check_resume_checkpoint(model, ckpt_path)  # one-line errors before Lightning's own load
+        with reading_files():  # one-line errors before Lightning's own load
+            ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+            check_resume_checkpoint(model, ckpt_path)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException as stop:  # pre-empted: last.ckpt was saved (CheckpointOnSigterm)
         status, preempted = "preempted", stop

@@ -69,6 +69,23 @@ def _named(key: str, where: str, node: Any, message: str) -> str:
 
 
 @contextmanager
+def reading_files() -> Iterator[None]:
+    """A file named on the command line (``ckpt_path=``, ``init_from=``, ``checkpoint=``) that is missing,
+    truncated, unsafe or of another model: its reader's one-line ``ValueError`` / ``FileNotFoundError``
+    becomes a :class:`ConfigError`, reported as one line like any other configuration mistake.
+
+    Wrap only the reading of such files: a value error raised elsewhere stays a bug with a traceback.
+    """
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, FileNotFoundError) as err:
+        lines = str(err).strip().splitlines()
+        raise ConfigError(lines[0] if lines else type(err).__name__) from err
+
+
+@contextmanager
 def reporting_config_errors() -> Iterator[None]:
     """Let a :class:`ConfigError` end a single run as one line on stderr (exit status 1).
 
