@@ -32,7 +32,8 @@ from sslvit.eval.features import extract_backbone_features, feature_slices, sele
 from sslvit.eval.finetune import finetune
 from sslvit.eval.knn import knn_accuracy
 from sslvit.eval.linear import format_grid, train_linear_grid
-from sslvit.train import output_dir_of, write_json_atomic
+from sslvit.train import output_dir_of
+from sslvit.utils.atomic_write import atomic_write_json
 from sslvit.utils.checkpoint import load_backbone_weights
 from sslvit.utils.checkpoint_reader import RUN_CONFIG_KEY
 from sslvit.utils.matmul_precision import set_float32_matmul_precision
@@ -193,7 +194,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         else:
             result = run_finetune(backbone, datamodule, ecfg, device)
     if "grid" in result:
-        write_json_atomic(result.pop("grid"), output_dir / result["grid_file"])
+        atomic_write_json(result.pop("grid"), output_dir / result["grid_file"])
     summary = {
         "eval": name,
         "checkpoint": str(cfg.checkpoint),
@@ -203,7 +204,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "output_dir": str(output_dir),
         "wall_time_s": round(time.time() - start, 2),
     }
-    write_json_atomic(summary, output_dir / "eval_summary.json")
+    atomic_write_json(summary, output_dir / "eval_summary.json")
     print(json.dumps(summary["metrics"], indent=2))
     print(f"output dir: {output_dir}")
     return summary

@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
+from sslvit.utils.atomic_write import atomic_write_json, atomic_write_text
 
 CSV_NAME, MARKDOWN_NAME = "sweep_results.csv", "sweep_results.md"
 # Columns of the markdown table besides the varying overrides (the CSV has every metric).
@@ -116,7 +117,8 @@ def write_sweep_table(
     writer = csv.DictWriter(text, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(sweep_dir / CSV_NAME, text.getvalue())
+    # Jobs of a parallel launcher (SLURM) may finish together: each writes a whole table atomically.
+    atomic_write_text(text.getvalue(), sweep_dir / CSV_NAME)
 
     varying = [k for k in override_keys if len({row.get(k) for row in rows}) > 1]
     fixed = [f"{k}={rows[0].get(k)}" for k in override_keys if k not in varying]
@@ -132,16 +134,8 @@ def write_sweep_table(
     lines.append("| " + " | ".join(md_columns) + " |")
     lines.append("|" + "---|" * len(md_columns))
     lines += ["| " + " | ".join(_fmt(row.get(c)) for c in md_columns) + " |" for row in rows]
-    _write_atomic(sweep_dir / MARKDOWN_NAME, "\n".join(lines) + "\n")
+    atomic_write_text("\n".join(lines) + "\n", sweep_dir / MARKDOWN_NAME)
     return rows
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # Jobs of a parallel launcher (SLURM) may finish together: each writes a whole table under its
-    # own temporary name and renames it, so a reader never sees a half-written file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class SweepTableCallback(Callback):
@@ -162,7 +156,7 @@ class SweepTableCallback(Callback):
                 error = job_return._return_value  # the public getter re-raises it
                 first_line = (str(error).strip().splitlines() or [""])[0]
                 record = {"status": "failed", "error": f"{type(error).__name__}: {first_line}", "metrics": {}}
-                summary_path.write_text(json.dumps(record, indent=2) + "\n")
+                atomic_write_json(record, summary_path)
         self._write(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

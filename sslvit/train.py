@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -23,6 +22,7 @@ from sslvit.callbacks.progress import default_progress_bar
 from sslvit.callbacks.run_config import RunConfigInCheckpoint
 from sslvit.callbacks.schedule_report import ScheduleReport
 from sslvit.eval.checkpoint_import import complete_for, import_backbone_state, load_any_checkpoint
+from sslvit.utils.atomic_write import atomic_write_json
 from sslvit.utils.checkpoint import load_backbone_weights
 from sslvit.utils.config_check import check_config_types, check_config_values
 from sslvit.utils.config_errors import building
@@ -85,12 +85,6 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         if isinstance(value, int | float):
             out[key] = float(value)
     return dict(sorted(out.items()))
-
-
-def write_json_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -156,7 +150,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "wall_time_s": round(time.time() - start, 2),
     }
     if trainer.is_global_zero:
-        write_json_atomic(summary, output_dir / "summary.json")
+        atomic_write_json(summary, output_dir / "summary.json")
         print(f"summary: {output_dir / 'summary.json'}")
         print(f"output dir: {output_dir}")
     if preempted is not None:

@@ -8,12 +8,13 @@ every architecture value, so any width / depth / patch size reloads.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from sslvit.utils.atomic_write import atomic_torch_save, atomic_write_bytes, atomic_write_json
 
 # timm's names of its standard ViT widths (embed_dim, depth, heads), for a readable arch name only.
 _TIMM_NAMES = {
@@ -67,7 +68,7 @@ def export_timm(backbone: nn.Module, output_dir: str | Path, stem: str = "backbo
     Returns:
         ``{"pth", "safetensors", "spec", "arch", "kwargs", "num_tensors"}``.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -78,9 +79,9 @@ def export_timm(backbone: nn.Module, output_dir: str | Path, stem: str = "backbo
         "safetensors": output_dir / f"{stem}.safetensors",
         "spec": output_dir / f"{stem}_timm.json",
     }
-    torch.save(state, paths["pth"])
-    save_file(state, str(paths["safetensors"]))
-    paths["spec"].write_text(json.dumps({"arch": arch, "kwargs": kwargs}, indent=2) + "\n")
+    atomic_torch_save(state, paths["pth"], what="weights")
+    atomic_write_bytes(safetensors_bytes(state), paths["safetensors"])
+    atomic_write_json({"arch": arch, "kwargs": kwargs}, paths["spec"])
     return {
         **{k: str(v) for k, v in paths.items()},
         "arch": arch,

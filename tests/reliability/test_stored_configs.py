@@ -138,7 +138,7 @@ def test_a_crafted_target_deep_in_the_data_config_is_refused(tmp_path):
         ({"_target_": "builtins.open", "file": "x", "mode": "w"}, "builtins.open"),
         ({"_target_": "shutil.copyfile", "src": "a", "dst": "b"}, "shutil.copyfile"),
         ({"_target_": "torch.save", "obj": 1, "f": "x.pt"}, "torch.save"),
-        ({"_target_": "sslvit.utils.checkpoint_io.atomic_torch_save", "obj": 1, "path": "x"}, "atomic_torch"),
+        ({"_target_": "sslvit.utils.atomic_write.atomic_torch_save", "obj": 1, "path": "x"}, "atomic_torch"),
         ({"_target_": "sslvit.backbones.masked_vit.MaskedViT.__init__"}, "MaskedViT.__init__"),
     ],
 )
