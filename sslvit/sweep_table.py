@@ -3,7 +3,7 @@
 Every job of a sweep writes ``<sweep dir>/<job>/summary.json`` (metrics, status, wall time) next to
 ``.hydra/overrides.yaml`` (its command-line overrides). This module reads them and writes
 ``sweep_results.csv`` (every metric) and ``sweep_results.md`` (the overrides that vary across jobs,
-the headline metrics, best first) into the sweep folder. :class:`SweepTableCallback` does the same
+the headline metrics, best first) into the sweep folder. :class:`SweepTableWriter` does the same
 automatically during every ``python train.py -m ...`` (registered in conf/config.yaml): after each job,
 failed ones included, because Hydra skips the end-of-multirun hook as soon as one job has failed.
 """
@@ -57,7 +57,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per job: ``job``, its overrides, ``status``, ``wall_time_s`` and every scalar metric.
 
     A job without summary.json (still running, killed) gets ``status`` ``no summary``; a job that raised
-    an exception has ``status`` ``failed`` and the exception in ``error`` (:class:`SweepTableCallback`).
+    an exception has ``status`` ``failed`` and the exception in ``error`` (:class:`SweepTableWriter`).
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -138,7 +138,7 @@ def write_sweep_table(
     return rows
 
 
-class SweepTableCallback(Callback):
+class SweepTableWriter(Callback):
     """Hydra callback: (re)write the sweep table after every job of a multirun and at its end.
 
     Hydra does not call ``on_multirun_end`` once a job has raised, so the table is written after each

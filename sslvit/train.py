@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from sslvit.callbacks.progress import default_progress_bar
-from sslvit.callbacks.run_config import RunConfigInCheckpoint
+from sslvit.callbacks.run_config import RunConfigRecorder
 from sslvit.callbacks.schedule_report import ScheduleReport
 from sslvit.eval.checkpoint_import import complete_for, import_backbone_state, load_any_checkpoint
 from sslvit.utils.atomic_write import atomic_write_json
@@ -116,7 +116,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks += default_progress_bar(cfg.trainer, callbacks)  # refreshed every log step on a GPU
     run_keys = [str(key) for key in cfg if key != "hydra"]  # tests compose with the hydra node included
     callbacks.append(
-        RunConfigInCheckpoint(OmegaConf.to_container(OmegaConf.masked_copy(cfg, run_keys), resolve=True))
+        RunConfigRecorder(OmegaConf.to_container(OmegaConf.masked_copy(cfg, run_keys), resolve=True))
     )
     callbacks.append(ScheduleReport())  # the effective schedule, printed when training starts
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
@@ -132,7 +132,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
         check_resume_checkpoint(model, ckpt_path)  # one-line errors before Lightning's own load
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    except SIGTERMException as stop:  # pre-empted: last.ckpt was saved (CheckpointOnSigterm)
+    except SIGTERMException as stop:  # pre-empted: last.ckpt was saved (SigtermCheckpoint)
         status, preempted = "preempted", stop
 
     checkpoints: dict[str, str] = {}

@@ -11,14 +11,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.utils import make_grid, save_image
 
 from sslvit.callbacks.features import eval_mode
-from sslvit.callbacks.periodic import PeriodicEvalCallback, datamodule_of
+from sslvit.callbacks.periodic import PeriodicEvaluation, datamodule_of
 from sslvit.utils.atomic_write import atomic_write
 from sslvit.utils.codebook_stats import usage_and_perplexity
 from sslvit.utils.distributed import all_reduce_sum
 from sslvit.utils.id_counts import id_counts
 
 
-class TokenizerMonitor(PeriodicEvalCallback):
+class TokenizerMonitor(PeriodicEvaluation):
     """Codebook usage, perplexity and reconstruction error of a tokenizer on the val split.
 
     A discrete tokenizer is only useful as a MIM target if it uses many of its codes and keeps enough of

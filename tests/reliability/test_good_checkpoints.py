@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from toys import loader, multicrop_batches, tiny_dino
 
-from sslvit.callbacks import AtomicModelCheckpoint, CheckpointOnSigterm, FiniteLossGuard
+from sslvit.callbacks import AtomicModelCheckpoint, FiniteLossGuard, SigtermCheckpoint
 from sslvit.utils import atomic_write
 from sslvit.utils.atomic_write import WriteError, atomic_torch_save
 from sslvit.utils.checkpoint_io import AtomicCheckpointIO
@@ -154,11 +154,11 @@ def test_sigterm_does_not_save_a_non_finite_state_over_last_ckpt(tmp_path, caplo
     assert (tmp_path / "last.ckpt").resolve() == good
     model.centering.center.fill_(float("inf"))
     with caplog.at_level(logging.WARNING, logger="sslvit.callbacks.preemption"):
-        CheckpointOnSigterm().on_exception(trainer, model, SIGTERMException())
+        SigtermCheckpoint().on_exception(trainer, model, SIGTERMException())
     assert (tmp_path / "last.ckpt").is_symlink() and (tmp_path / "last.ckpt").resolve() == good
     assert any("without saving" in r.getMessage() for r in caplog.records)
     model.centering.center.zero_()  # finite again: SIGTERM saves last.ckpt as usual
-    CheckpointOnSigterm().on_exception(trainer, model, SIGTERMException())
+    SigtermCheckpoint().on_exception(trainer, model, SIGTERMException())
     assert not (tmp_path / "last.ckpt").is_symlink()
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 1
 

@@ -171,7 +171,7 @@ _REQUIRED = ["++data.root=/data", "++tokenizer.path=/stage1/tokenizer.pt"]
 
 
 def test_every_config_we_store_passes_the_check():
-    """The backbone and data configs our own runs store (resolved, as RunConfigInCheckpoint writes them)
+    """The backbone and data configs our own runs store (resolved, as RunConfigRecorder writes them)
     build only allowed classes: a run of any recipe, method or data set stays evaluable."""
     runs = [[f"experiment={name}"] for name in _EXPERIMENTS]
     runs += [[f"method={method}", "data=fake"] for method in _METHODS]
