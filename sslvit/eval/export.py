@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sslvit.eval.inputs import EvalInputs
 from sslvit.utils.atomic_write import atomic_torch_save, atomic_write_bytes, atomic_write_json
 
 # timm's names of its standard ViT widths (embed_dim, depth, heads), for a readable arch name only.
@@ -118,3 +119,23 @@ def timm_reload_max_abs_diff(
     finally:
         backbone.train(was_training)
     return {"cls": float(cls_diff), "tokens": float(token_diff)}
+
+
+def export_evaluation(inputs: EvalInputs, stem: str, check_images: int) -> dict[str, Any]:
+    """``eval=export``: write the timm files (:func:`export_timm`) and check that timm reloads them to
+    the same features on ``check_images`` val images (seeded noise at the native size without data)."""
+    datamodule = inputs.datamodule() if inputs.has_data_config else None
+    backbone: Any = inputs.backbone.cpu()
+    files = export_timm(backbone, inputs.output_dir, stem=stem)
+    if datamodule is not None:
+        images = next(iter(datamodule.eval_dataloader("val")))[0][:check_images]
+    else:
+        height, width = backbone.patch_embed.img_size
+        images = torch.randn(check_images, 3, height, width, generator=torch.Generator().manual_seed(0))
+    diffs = {fmt: timm_reload_max_abs_diff(backbone, files[fmt], images) for fmt in ("pth", "safetensors")}
+    kwargs = ", ".join(f"{k}={v!r}" for k, v in files["kwargs"].items())
+    checkpoint = f"checkpoint_path={files['safetensors']!r}"
+    print(f"timm arch: {files['arch']}")
+    print(f"timm.create_model({files['arch']!r}, pretrained=False, {checkpoint}, {kwargs})")
+    metrics = {f"export_max_abs_diff_{fmt}_{part}": d[part] for fmt, d in diffs.items() for part in d}
+    return {"metrics": metrics, "files": files}
