@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
-from sslvit.callbacks import FiniteLossGuard, HealthMonitor, SeedEveryStep
+from sslvit.callbacks import FiniteLossGuard, HealthMonitor, StepSeeder
 from sslvit.data.batch import MultiCropBatch
 
 
@@ -164,7 +164,7 @@ def per_step_callbacks() -> list[L.Callback]:
     """What every training config runs each step besides the step itself (``callbacks=default`` without
     the periodic evaluations and the checkpoint files): the NaN guard (one deliberate host sync per
     step), the health monitor and the per-step seeding."""
-    return [FiniteLossGuard(), HealthMonitor(), SeedEveryStep(seed=0)]
+    return [FiniteLossGuard(), HealthMonitor(), StepSeeder(seed=0)]
 
 
 def time_fit_mode(

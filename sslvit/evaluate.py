@@ -5,7 +5,9 @@ checkpoints, rebuilt from the run config stored in it under ``sslvit_config`` (o
 backbone and data classes: a stored config is data, see :mod:`sslvit.utils.safe_config`); or a released DINO,
 iBOT or DINOv2 backbone (:mod:`sslvit.eval.checkpoint_import`), built from what its weights say, with a
 dataset chosen on the command line (``data=fashion_mnist``). Each evaluation writes
-``eval_summary.json`` (and its own files) into the Hydra output folder.
+``eval_summary.json`` (and its own files) into the Hydra output folder. An evaluation is the function
+that ``conf/eval/<name>.yaml`` names in ``_target_`` (:class:`~sslvit.eval.inputs.EvalInputs` first,
+then that file's values): a new evaluation is a new config file and function, not a branch here.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ import time
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
-from torch.utils.data import DataLoader
 
 from sslvit.backbones import MaskedViT
 from sslvit.eval.checkpoint_import import (
@@ -27,19 +28,16 @@ from sslvit.eval.checkpoint_import import (
     import_backbone_state,
     load_any_checkpoint,
 )
-from sslvit.eval.export import export_timm, timm_reload_max_abs_diff
-from sslvit.eval.features import extract_backbone_features, feature_slices, select
-from sslvit.eval.finetune import finetune
-from sslvit.eval.knn import knn_accuracy
-from sslvit.eval.linear import format_grid, train_linear_grid
-from sslvit.train import output_dir_of, write_json_atomic
+from sslvit.eval.inputs import EvalInputs
+from sslvit.train import output_dir_of
+from sslvit.utils.atomic_write import atomic_write_json
 from sslvit.utils.checkpoint import load_backbone_weights
 from sslvit.utils.checkpoint_reader import RUN_CONFIG_KEY
+from sslvit.utils.config_errors import building
 from sslvit.utils.matmul_precision import set_float32_matmul_precision
 from sslvit.utils.safe_config import instantiate_stored
 
 log = logging.getLogger(__name__)
-EVALS = ("knn", "linear", "finetune", "export")
 
 
 def load_backbone(
@@ -94,85 +92,22 @@ def build_datamodule(cfg: DictConfig, run_cfg: dict[str, Any] | None) -> Any:
     return datamodule
 
 
-def run_knn(
-    backbone: nn.Module, datamodule: Any, ks: list[int], temperature: float, device: str
-) -> dict[str, Any]:
-    """Weighted k-NN (DINO protocol) on the last block's normalised CLS features."""
-    train_x, train_y = extract_backbone_features(backbone, datamodule.eval_dataloader("train"), 1, device)
-    val_x, val_y = extract_backbone_features(backbone, datamodule.eval_dataloader("val"), 1, device)
-    cls = feature_slices(train_x.shape[1] // 2, 1, 1, avgpool=False)
-    accuracy = knn_accuracy(
-        select(train_x, cls), train_y, select(val_x, cls), val_y, datamodule.num_classes, ks, temperature
-    )
-    return {"metrics": {f"knn_top1_k{k}": acc for k, acc in accuracy.items()}}
-
-
-def run_linear(backbone: nn.Module, datamodule: Any, ecfg: Any, device: str, seed: int) -> dict[str, Any]:
-    """The linear grid of :mod:`sslvit.eval.linear` on features extracted once."""
-    depth = len(backbone.blocks)  # type: ignore[arg-type]
-    stored = min(max(int(b) for b in ecfg.blocks), depth)
-    train_x, train_y = extract_backbone_features(
-        backbone, datamodule.eval_dataloader("train"), stored, device
-    )
-    test_x, test_y = extract_backbone_features(backbone, datamodule.eval_dataloader("val"), stored, device)
-    result = train_linear_grid(
-        train_x, train_y, test_x, test_y, datamodule.num_classes, int(backbone.embed_dim),  # type: ignore[arg-type]
-        stored, lrs=list(ecfg.lrs), blocks=list(ecfg.blocks), pools=list(ecfg.pools), epochs=ecfg.epochs,
-        batch_size=ecfg.batch_size, momentum=ecfg.momentum, weight_decay=ecfg.weight_decay,
-        val_fraction=ecfg.val_fraction, seed=seed, device=device,
-    )  # fmt: skip
-    print(format_grid(result))
-    best = result["best"]
-    metrics = {"linear_best_val_top1": best["val_top1"], "linear_best_test_top1": best["test_top1"]}
-    return {"metrics": metrics, "best": best, "grid": result, "grid_file": "linear_grid.json"}
-
-
-def run_finetune(backbone: nn.Module, datamodule: Any, ecfg: Any, device: str) -> dict[str, Any]:
-    """Layer-decayed fine-tuning on the evaluation train subset, tested on the val subset."""
-    train_eval = datamodule.eval_dataloader("train")
-    train_loader = DataLoader(
-        train_eval.dataset,
-        batch_size=ecfg.batch_size,
-        shuffle=True,
-        drop_last=True,
-        collate_fn=train_eval.collate_fn,
-        num_workers=datamodule.num_workers,
-    )
-    result = finetune(
-        backbone, train_loader, datamodule.eval_dataloader("val"), datamodule.num_classes,
-        epochs=ecfg.epochs, lr=ecfg.lr, min_lr=ecfg.min_lr, warmup_epochs=ecfg.warmup_epochs,
-        layer_decay=ecfg.layer_decay, weight_decay=ecfg.weight_decay, clip_grad=ecfg.clip_grad, device=device,
-    )  # fmt: skip
-    metrics = {k: result[k] for k in ("test_top1", "test_top1_before")}
-    return {"metrics": {f"finetune_{k}": v for k, v in metrics.items()}, "details": result}
-
-
-def run_export(backbone: nn.Module, datamodule: Any | None, output_dir: Any, ecfg: Any) -> dict[str, Any]:
-    """Write the timm files and check that timm reloads them to the same features."""
-    files = export_timm(backbone.cpu(), output_dir, stem=ecfg.stem)
-    if datamodule is not None:
-        images = next(iter(datamodule.eval_dataloader("val")))[0][: ecfg.check_images]
-    else:  # a release evaluated without data: seeded noise at the native size
-        patch_embed: Any = backbone.patch_embed
-        height, width = patch_embed.img_size
-        images = torch.randn(ecfg.check_images, 3, height, width, generator=torch.Generator().manual_seed(0))
-    diffs = {fmt: timm_reload_max_abs_diff(backbone, files[fmt], images) for fmt in ("pth", "safetensors")}
-    kwargs = ", ".join(f"{k}={v!r}" for k, v in files["kwargs"].items())
-    checkpoint = f"checkpoint_path={files['safetensors']!r}"
-    print(f"timm arch: {files['arch']}")
-    print(f"timm.create_model({files['arch']!r}, pretrained=False, {checkpoint}, {kwargs})")
-    metrics = {f"export_max_abs_diff_{fmt}_{part}": d[part] for fmt, d in diffs.items() for part in d}
-    return {"metrics": metrics, "files": files}
-
-
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Run ``cfg.eval`` on ``cfg.checkpoint``; write and return ``eval_summary.json``."""
+    """Run ``cfg.eval`` on ``cfg.checkpoint``; write and return ``eval_summary.json``.
+
+    ``cfg.eval`` names its evaluation in ``_target_``: a function of :class:`~sslvit.eval.inputs.EvalInputs`
+    and the config's other values (besides ``name``) that returns ``{"metrics": {...}, ...}``.
+    """
     start = time.time()
-    name = cfg.eval.name if isinstance(cfg.eval, DictConfig) else None
-    if name not in EVALS:
-        raise ValueError(f"unknown eval={name or cfg.eval!r}; available: {', '.join(EVALS)}")
+    name = cfg.eval.get("name") if isinstance(cfg.eval, DictConfig) else None
+    if not isinstance(cfg.eval, DictConfig) or "_target_" not in cfg.eval:
+        raise ValueError(
+            f"unknown eval={name or cfg.eval!r}; an evaluation config (conf/eval/<name>.yaml) names its "
+            "function in `_target_`"
+        )
     ecfg = cfg.eval
-    torch.manual_seed(int(cfg.get("seed") or 0))
+    seed = int(cfg.get("seed") or 0)
+    torch.manual_seed(seed)
     set_float32_matmul_precision(cfg.get("float32_matmul_precision"))
     overrides = OmegaConf.to_container(cfg.backbone, resolve=True) if cfg.get("backbone") else {}
     backbone, run_cfg, imported = load_backbone(cfg.checkpoint, overrides)  # type: ignore[arg-type]
@@ -180,30 +115,29 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = "cpu" if device == "auto" else device
     output_dir = output_dir_of(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if name == "export":
-        has_data = run_cfg is not None or "_target_" in (cfg.get("data") or {})
-        result = run_export(backbone, build_datamodule(cfg, run_cfg) if has_data else None, output_dir, ecfg)
-    else:
-        datamodule = build_datamodule(cfg, run_cfg)
-        backbone.to(device)
-        if name == "knn":
-            result = run_knn(backbone, datamodule, list(ecfg.ks), float(ecfg.temperature), device)
-        elif name == "linear":
-            result = run_linear(backbone, datamodule, ecfg, device, int(cfg.get("seed") or 0))
-        else:
-            result = run_finetune(backbone, datamodule, ecfg, device)
-    if "grid" in result:
-        write_json_atomic(result.pop("grid"), output_dir / result["grid_file"])
+    inputs = EvalInputs(
+        backbone=backbone,
+        device=device,
+        seed=seed,
+        output_dir=output_dir,
+        datamodule=lambda: build_datamodule(cfg, run_cfg),
+        has_data_config=run_cfg is not None or "_target_" in (cfg.get("data") or {}),
+    )
+    values: dict[str, Any] = OmegaConf.to_container(ecfg, resolve=True)  # type: ignore[assignment]
+    target = values.pop("_target_")
+    node = OmegaConf.create({"_target_": target, **{k: v for k, v in values.items() if k != "name"}})
+    evaluation = building("eval", node, lambda: instantiate(node, _partial_=True, _convert_="all"))
+    result = evaluation(inputs)
     summary = {
         "eval": name,
         "checkpoint": str(cfg.checkpoint),
         "layout": imported.layout,
         **result,
-        "config": OmegaConf.to_container(ecfg, resolve=True),
+        "config": values,
         "output_dir": str(output_dir),
         "wall_time_s": round(time.time() - start, 2),
     }
-    write_json_atomic(summary, output_dir / "eval_summary.json")
+    atomic_write_json(summary, output_dir / "eval_summary.json")
     print(json.dumps(summary["metrics"], indent=2))
     print(f"output dir: {output_dir}")
     return summary

@@ -3,7 +3,7 @@
 Every job of a sweep writes ``<sweep dir>/<job>/summary.json`` (metrics, status, wall time) next to
 ``.hydra/overrides.yaml`` (its command-line overrides). This module reads them and writes
 ``sweep_results.csv`` (every metric) and ``sweep_results.md`` (the overrides that vary across jobs,
-the headline metrics, best first) into the sweep folder. :class:`SweepTableCallback` does the same
+the headline metrics, best first) into the sweep folder. :class:`SweepTableWriter` does the same
 automatically during every ``python train.py -m ...`` (registered in conf/config.yaml): after each job,
 failed ones included, because Hydra skips the end-of-multirun hook as soon as one job has failed.
 """
@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
+from sslvit.utils.atomic_write import atomic_write_json, atomic_write_text
 
 CSV_NAME, MARKDOWN_NAME = "sweep_results.csv", "sweep_results.md"
 # Columns of the markdown table besides the varying overrides (the CSV has every metric).
@@ -56,7 +57,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per job: ``job``, its overrides, ``status``, ``wall_time_s`` and every scalar metric.
 
     A job without summary.json (still running, killed) gets ``status`` ``no summary``; a job that raised
-    an exception has ``status`` ``failed`` and the exception in ``error`` (:class:`SweepTableCallback`).
+    an exception has ``status`` ``failed`` and the exception in ``error`` (:class:`SweepTableWriter`).
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -116,7 +117,8 @@ def write_sweep_table(
     writer = csv.DictWriter(text, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(sweep_dir / CSV_NAME, text.getvalue())
+    # Jobs of a parallel launcher (SLURM) may finish together: each writes a whole table atomically.
+    atomic_write_text(text.getvalue(), sweep_dir / CSV_NAME)
 
     varying = [k for k in override_keys if len({row.get(k) for row in rows}) > 1]
     fixed = [f"{k}={rows[0].get(k)}" for k in override_keys if k not in varying]
@@ -132,19 +134,11 @@ def write_sweep_table(
     lines.append("| " + " | ".join(md_columns) + " |")
     lines.append("|" + "---|" * len(md_columns))
     lines += ["| " + " | ".join(_fmt(row.get(c)) for c in md_columns) + " |" for row in rows]
-    _write_atomic(sweep_dir / MARKDOWN_NAME, "\n".join(lines) + "\n")
+    atomic_write_text("\n".join(lines) + "\n", sweep_dir / MARKDOWN_NAME)
     return rows
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # Jobs of a parallel launcher (SLURM) may finish together: each writes a whole table under its
-    # own temporary name and renames it, so a reader never sees a half-written file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-class SweepTableCallback(Callback):
+class SweepTableWriter(Callback):
     """Hydra callback: (re)write the sweep table after every job of a multirun and at its end.
 
     Hydra does not call ``on_multirun_end`` once a job has raised, so the table is written after each
@@ -162,7 +156,7 @@ class SweepTableCallback(Callback):
                 error = job_return._return_value  # the public getter re-raises it
                 first_line = (str(error).strip().splitlines() or [""])[0]
                 record = {"status": "failed", "error": f"{type(error).__name__}: {first_line}", "metrics": {}}
-                summary_path.write_text(json.dumps(record, indent=2) + "\n")
+                atomic_write_json(record, summary_path)
         self._write(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -20,9 +19,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from sslvit.callbacks.progress import default_progress_bar
-from sslvit.callbacks.run_config import RunConfigInCheckpoint
+from sslvit.callbacks.run_config import RunConfigRecorder
 from sslvit.callbacks.schedule_report import ScheduleReport
 from sslvit.eval.checkpoint_import import complete_for, import_backbone_state, load_any_checkpoint
+from sslvit.utils.atomic_write import atomic_write_json
 from sslvit.utils.checkpoint import load_backbone_weights
 from sslvit.utils.config_check import check_config_types, check_config_values
 from sslvit.utils.config_errors import building, reading_files
@@ -87,12 +87,6 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
-def write_json_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job described by ``cfg``; return the summary also written to summary.json."""
     start = time.time()
@@ -123,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks += default_progress_bar(cfg.trainer, callbacks)  # refreshed every log step on a GPU
     run_keys = [str(key) for key in cfg if key != "hydra"]  # tests compose with the hydra node included
     callbacks.append(
-        RunConfigInCheckpoint(OmegaConf.to_container(OmegaConf.masked_copy(cfg, run_keys), resolve=True))
+        RunConfigRecorder(OmegaConf.to_container(OmegaConf.masked_copy(cfg, run_keys), resolve=True))
     )
     callbacks.append(ScheduleReport())  # the effective schedule, printed when training starts
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
@@ -140,7 +134,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
             check_resume_checkpoint(model, ckpt_path)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    except SIGTERMException as stop:  # pre-empted: last.ckpt was saved (CheckpointOnSigterm)
+    except SIGTERMException as stop:  # pre-empted: last.ckpt was saved (SigtermCheckpoint)
         status, preempted = "preempted", stop
 
     checkpoints: dict[str, str] = {}
@@ -158,7 +152,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "wall_time_s": round(time.time() - start, 2),
     }
     if trainer.is_global_zero:
-        write_json_atomic(summary, output_dir / "summary.json")
+        atomic_write_json(summary, output_dir / "summary.json")
         print(f"summary: {output_dir / 'summary.json'}")
         print(f"output dir: {output_dir}")
     if preempted is not None:

@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from sslvit.utils.checkpoint_io import remove_stray_temporaries
+from sslvit.utils.atomic_write import remove_stray_temporaries
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ class FiniteLossGuard(Callback):
     run when the skips do not stop. Its count of consecutive skips is read in the same host read as the
     loss check, so it adds no wait of its own. A crash writes no checkpoint
     (``ModelCheckpoint(save_on_exception=False)``, and
-    :class:`~sslvit.callbacks.preemption.CheckpointOnSigterm` only saves on SIGTERM). The message names
+    :class:`~sslvit.callbacks.preemption.SigtermCheckpoint` only saves on SIGTERM). The message names
     the global step, the batch, each logged ``train/<term>_loss`` that is not finite and the last
     checkpoint whose tensors were checked finite (the file itself, not the ``last.ckpt`` link, which a
     later save moves).

@@ -18,24 +18,6 @@ def kl_to_uniform(probs: torch.Tensor) -> torch.Tensor:
     return math.log(probs.shape[-1]) - entropy(probs)
 
 
-def teacher_output_stats(probs: torch.Tensor) -> dict[str, float]:
-    """Entropy statistics of teacher target distributions ``(n, K)`` (DINO, arXiv:2104.14294, fig. 7).
-
-    Returns:
-        ``teacher_entropy``: mean per-row entropy H(p_i) -> ``log K`` when every target is uniform (the
-        collapse that sharpening prevents); ``teacher_kl_uniform``: ``KL(mean_i p_i || uniform)``, the
-        imbalance of the batch's average target -> ``log K`` when one prototype wins for every input
-        (the collapse that centering prevents). A healthy teacher has a low per-row entropy and a low
-        KL of the mean.
-    """
-    if probs.ndim != 2:
-        raise ValueError(f"teacher probabilities must be (n, K), got shape {tuple(probs.shape)}")
-    return {
-        "teacher_entropy": float(entropy(probs).mean()),
-        "teacher_kl_uniform": float(kl_to_uniform(probs.float().mean(dim=0))),
-    }
-
-
 def effective_rank(features: torch.Tensor, eps: float = 1e-7) -> float:
     """RankMe (Garrido et al., 2023, arXiv:2210.02885): ``exp`` of the entropy of the normalised
     singular values of a ``(n, D)`` embedding matrix.

@@ -8,11 +8,11 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from sslvit.callbacks.periodic import PeriodicEvalCallback, datamodule_of
+from sslvit.callbacks.periodic import PeriodicEvaluation, datamodule_of
 from sslvit.eval.knn import knn_accuracy
 
 
-class KNNCallback(PeriodicEvalCallback):
+class KNNEvaluation(PeriodicEvaluation):
     """Weighted k-NN classification of ``pl_module(images)`` features, train split -> val split.
 
     Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021
@@ -59,7 +59,7 @@ class KNNCallback(PeriodicEvalCallback):
         val_feats, val_labels = val_feats[val_keep], val_labels[val_keep]
         ks = tuple(dict.fromkeys((self.primary_k, *self.ks)))
         if max(ks) > train_feats.shape[0] and not self._warned_clip:
-            rank_zero_warn(f"KNNCallback: k > train-set size {train_feats.shape[0]}; k is clipped to it.")
+            rank_zero_warn(f"KNNEvaluation: k > train-set size {train_feats.shape[0]}; k is clipped to it.")
             self._warned_clip = True
         num_classes = int(getattr(datamodule_of(trainer), "num_classes", 0))
         if num_classes <= 0:  # trust the labels when the datamodule does not say

@@ -12,11 +12,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from sslvit.callbacks.features import eval_mode
-from sslvit.callbacks.periodic import PeriodicEvalCallback, datamodule_of
+from sslvit.callbacks.periodic import PeriodicEvaluation, datamodule_of
 from sslvit.utils.distributed import all_reduce_sum
 
 
-class OnlineLinearProbe(PeriodicEvalCallback):
+class LinearProbe(PeriodicEvaluation):
     """Linear classifier on frozen (detached) evaluation features, trained online during pretraining.
 
     A cheap running proxy for the linear-probe protocol of DINO (Caron et al., 2021, arXiv:2104.14294)
@@ -25,7 +25,7 @@ class OnlineLinearProbe(PeriodicEvalCallback):
     teacher CLS of global crop 0 returned by ``training_step``), or on ``pl_module(global_crops[0])``
     under ``no_grad`` when the step returns none. Rows labelled -1 are skipped. Logs
     ``train/linear_probe_loss`` and ``train/linear_probe_top1`` per step and ``val/linear_top1`` (percent
-    on the val split) at the same points as :class:`KNNCallback`.
+    on the val split) at the same points as :class:`KNNEvaluation`.
 
     The probe has its own AdamW optimizer, outside Lightning: the method's optimizer, gradients and
     schedules are never touched. AdamW rather than SGD because its step size does not depend on the
@@ -62,9 +62,7 @@ class OnlineLinearProbe(PeriodicEvalCallback):
         state = self._pending_state if self._pending_state is not None else self.state_dict()
         embed_dim = getattr(pl_module, "embed_dim", None)
         if embed_dim is None:
-            raise AttributeError(
-                f"OnlineLinearProbe needs {type(pl_module).__name__}.embed_dim (feature size)"
-            )
+            raise AttributeError(f"LinearProbe needs {type(pl_module).__name__}.embed_dim (feature size)")
         self._build(int(embed_dim), int(datamodule_of(trainer).num_classes), pl_module.device)
         if state:
             self._load(state)
@@ -119,9 +117,7 @@ class OnlineLinearProbe(PeriodicEvalCallback):
         labels = getattr(batch, "labels", None)
         if labels is None:
             if not self._warned_no_labels:
-                rank_zero_warn(
-                    "OnlineLinearProbe: training batches carry no labels; the probe is not trained."
-                )
+                rank_zero_warn("LinearProbe: training batches carry no labels; the probe is not trained.")
                 self._warned_no_labels = True
             return
         features = outputs.get("features") if isinstance(outputs, Mapping) else None

@@ -66,7 +66,7 @@ def _is_last_epoch(trainer: pl.Trainer) -> bool:
     return max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps
 
 
-class PeriodicEvalCallback(pl.Callback):
+class PeriodicEvaluation(pl.Callback):
     """Base class: calls :meth:`evaluate` every ``every_n_epochs`` epochs and once at the end of fit.
 
     Subclasses implement :meth:`evaluate` returning ``{metric key: value}``. Evaluation is skipped (with

@@ -22,7 +22,7 @@ def last_checkpoint_path(trainer: pl.Trainer) -> Path:
     return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
 
-class CheckpointOnSigterm(Callback):
+class SigtermCheckpoint(Callback):
     """On SIGTERM, finish the current batch, write ``last.ckpt`` and stop.
 
     Lightning already turns SIGTERM into a clean stop after the running batch (``SIGTERMException``,

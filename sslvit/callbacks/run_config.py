@@ -8,7 +8,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 
-class RunConfigInCheckpoint(Callback):
+class RunConfigRecorder(Callback):
     """Adds the resolved config (plain dict) to checkpoints so ``eval.py`` can rebuild the model from
     the checkpoint alone, without the original command line."""
 

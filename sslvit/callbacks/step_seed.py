@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from sslvit.utils.seeding import mix_seed, seed_all
 
 
-class SeedEveryStep(Callback):
+class StepSeeder(Callback):
     """Make the random numbers of each training step a function of where the step is, not of history.
 
     Drop path, dropout and any other draw inside ``training_step`` then come out the same in a run

@@ -62,7 +62,7 @@ def log_image(
     return [save_png(image, Path(trainer.default_root_dir) / "images" / name)]
 
 
-class VisualizationCallback(pl.Callback):
+class Visualizer(pl.Callback):
     """Every ``every_n_epochs`` epochs (and at the end of fit), log pictures of what the model learns.
 
     * ``viz/attention``: last-block CLS attention of each head on fixed evaluation images

@@ -8,12 +8,14 @@ every architecture value, so any width / depth / patch size reloads.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from sslvit.eval.inputs import EvalInputs
+from sslvit.utils.atomic_write import atomic_torch_save, atomic_write_bytes, atomic_write_json
 
 # timm's names of its standard ViT widths (embed_dim, depth, heads), for a readable arch name only.
 _TIMM_NAMES = {
@@ -67,7 +69,7 @@ def export_timm(backbone: nn.Module, output_dir: str | Path, stem: str = "backbo
     Returns:
         ``{"pth", "safetensors", "spec", "arch", "kwargs", "num_tensors"}``.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -78,9 +80,9 @@ def export_timm(backbone: nn.Module, output_dir: str | Path, stem: str = "backbo
         "safetensors": output_dir / f"{stem}.safetensors",
         "spec": output_dir / f"{stem}_timm.json",
     }
-    torch.save(state, paths["pth"])
-    save_file(state, str(paths["safetensors"]))
-    paths["spec"].write_text(json.dumps({"arch": arch, "kwargs": kwargs}, indent=2) + "\n")
+    atomic_torch_save(state, paths["pth"], what="weights")
+    atomic_write_bytes(safetensors_bytes(state), paths["safetensors"])
+    atomic_write_json({"arch": arch, "kwargs": kwargs}, paths["spec"])
     return {
         **{k: str(v) for k, v in paths.items()},
         "arch": arch,
@@ -117,3 +119,23 @@ def timm_reload_max_abs_diff(
     finally:
         backbone.train(was_training)
     return {"cls": float(cls_diff), "tokens": float(token_diff)}
+
+
+def export_evaluation(inputs: EvalInputs, stem: str, check_images: int) -> dict[str, Any]:
+    """``eval=export``: write the timm files (:func:`export_timm`) and check that timm reloads them to
+    the same features on ``check_images`` val images (seeded noise at the native size without data)."""
+    datamodule = inputs.datamodule() if inputs.has_data_config else None
+    backbone: Any = inputs.backbone.cpu()
+    files = export_timm(backbone, inputs.output_dir, stem=stem)
+    if datamodule is not None:
+        images = next(iter(datamodule.eval_dataloader("val")))[0][:check_images]
+    else:
+        height, width = backbone.patch_embed.img_size
+        images = torch.randn(check_images, 3, height, width, generator=torch.Generator().manual_seed(0))
+    diffs = {fmt: timm_reload_max_abs_diff(backbone, files[fmt], images) for fmt in ("pth", "safetensors")}
+    kwargs = ", ".join(f"{k}={v!r}" for k, v in files["kwargs"].items())
+    checkpoint = f"checkpoint_path={files['safetensors']!r}"
+    print(f"timm arch: {files['arch']}")
+    print(f"timm.create_model({files['arch']!r}, pretrained=False, {checkpoint}, {kwargs})")
+    metrics = {f"export_max_abs_diff_{fmt}_{part}": d[part] for fmt, d in diffs.items() for part in d}
+    return {"metrics": metrics, "files": files}

@@ -17,7 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
+from sslvit.eval.inputs import EvalInputs
 from sslvit.utils.param_groups import param_groups
 from sslvit.utils.schedules import cosine_schedule
 
@@ -170,3 +172,36 @@ def finetune(
             "head": lr_scales.get("head.weight"),
         },
     }
+
+
+def finetune_evaluation(
+    inputs: EvalInputs,
+    batch_size: int,
+    epochs: int,
+    lr: float,
+    min_lr: float,
+    warmup_epochs: float,
+    layer_decay: float,
+    weight_decay: float,
+    clip_grad: float,
+) -> dict[str, Any]:
+    """``eval=finetune``: :func:`finetune` on the evaluation train subset, shuffled in batches of
+    ``batch_size``, tested on the val subset. Other arguments as in :func:`finetune`."""
+    datamodule = inputs.datamodule()
+    backbone = inputs.backbone.to(inputs.device)
+    train_eval = datamodule.eval_dataloader("train")
+    train_loader = DataLoader(
+        train_eval.dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=train_eval.collate_fn,
+        num_workers=datamodule.num_workers,
+    )
+    result = finetune(
+        backbone, train_loader, datamodule.eval_dataloader("val"), datamodule.num_classes,
+        epochs=epochs, lr=lr, min_lr=min_lr, warmup_epochs=warmup_epochs, layer_decay=layer_decay,
+        weight_decay=weight_decay, clip_grad=clip_grad, device=inputs.device,
+    )  # fmt: skip
+    metrics = {k: result[k] for k in ("test_top1", "test_top1_before")}
+    return {"metrics": {f"finetune_{k}": v for k, v in metrics.items()}, "details": result}

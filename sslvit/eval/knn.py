@@ -5,15 +5,20 @@ following Wu et al., "Unsupervised Feature Learning via Non-Parametric Instance 
 features are l2-normalised, each test point retrieves its k most cosine-similar training points, and every
 neighbour votes for its class with weight exp(similarity / T). Defaults k = 20, T = 0.07.
 
-Pure torch (no Lightning), so the same function serves the training callback and offline evaluation.
+Pure torch (no Lightning), so the same function serves the training callback and offline evaluation
+(:func:`knn_evaluation`, ``python eval.py eval=knn``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from sslvit.eval.features import extract_backbone_features, feature_slices, select
+from sslvit.eval.inputs import EvalInputs
 
 
 def _check_inputs(
@@ -148,3 +153,16 @@ def knn_accuracy(
             pred = _vote(top_sims[:, :kk], top_labels[:, :kk], num_classes, temperature).argmax(dim=1)
             correct[k] += int((pred == chunk_targets).sum())
     return {k: 100.0 * c / test_features.shape[0] for k, c in correct.items()}
+
+
+def knn_evaluation(inputs: EvalInputs, ks: Sequence[int], temperature: float) -> dict[str, Any]:
+    """``eval=knn``: weighted k-NN (DINO protocol) on the last block's normalised CLS features."""
+    datamodule = inputs.datamodule()
+    backbone, device = inputs.backbone.to(inputs.device), inputs.device
+    train_x, train_y = extract_backbone_features(backbone, datamodule.eval_dataloader("train"), 1, device)
+    val_x, val_y = extract_backbone_features(backbone, datamodule.eval_dataloader("val"), 1, device)
+    cls = feature_slices(train_x.shape[1] // 2, 1, 1, avgpool=False)
+    accuracy = knn_accuracy(
+        select(train_x, cls), train_y, select(val_x, cls), val_y, datamodule.num_classes, ks, temperature
+    )
+    return {"metrics": {f"knn_top1_k{k}": acc for k, acc in accuracy.items()}}

@@ -13,8 +13,9 @@ from sslvit.data.batch import MaskedImageBatch
 from sslvit.methods.optim_config import OptimConfig, apply_lr_wd
 from sslvit.methods.step_guard import NonFiniteStepGuard
 from sslvit.methods.sync_free_logging import SyncFreeLogging
-from sslvit.tokenizers.dvae import DVAE, kl_to_uniform, usage_and_perplexity
+from sslvit.tokenizers.dvae import DVAE, kl_to_uniform
 from sslvit.tokenizers.io import TOKENIZER_KEY, save_tokenizer, tokenizer_record
+from sslvit.utils.codebook_stats import usage_and_perplexity
 from sslvit.utils.distributed import all_reduce_sum, mean_over_processes
 from sslvit.utils.epoch_length import optimizer_steps_per_epoch
 from sslvit.utils.id_counts import id_counts

@@ -14,9 +14,9 @@ from sslvit.data.batch import MultiCropBatch
 from sslvit.methods.base import TeacherStudentModule
 from sslvit.methods.feature_teacher import FeatureTeacher
 from sslvit.methods.optim_config import OptimConfig
-from sslvit.tokenizers.dvae import usage_and_perplexity
 from sslvit.tokenizers.io import TOKENIZER_KEY, save_tokenizer, tokenizer_record
 from sslvit.tokenizers.vqkd import VQKD, cosine_reconstruction_loss
+from sslvit.utils.codebook_stats import usage_and_perplexity
 from sslvit.utils.fsdp import unwrapped_name
 
 

@@ -2,7 +2,7 @@
 
 from sslvit.tokenizers.base import VisualTokenizer, token_grid
 from sslvit.tokenizers.dalle import DALLEStyleEncoder, DALLETokenizer
-from sslvit.tokenizers.dvae import DVAE, code_statistics, kl_to_uniform, usage_and_perplexity
+from sslvit.tokenizers.dvae import DVAE, kl_to_uniform
 from sslvit.tokenizers.io import load_tokenizer, save_tokenizer
 from sslvit.tokenizers.norm_ema_quantizer import NormEMAQuantizer
 from sslvit.tokenizers.vqkd import VQKD
@@ -14,10 +14,8 @@ __all__ = [
     "DALLETokenizer",
     "NormEMAQuantizer",
     "VisualTokenizer",
-    "code_statistics",
     "kl_to_uniform",
     "load_tokenizer",
     "save_tokenizer",
     "token_grid",
-    "usage_and_perplexity",
 ]

@@ -12,7 +12,6 @@ from torch import Tensor, nn
 
 from sslvit.tokenizers.base import token_grid
 from sslvit.tokenizers.dalle import Conv, DALLEStyleEncoder, ResidualBlock
-from sslvit.utils.id_counts import id_counts
 
 
 class DVAEOutput(NamedTuple):
@@ -154,20 +153,3 @@ def kl_to_uniform(logits: Tensor, dim: int = 1) -> Tensor:
     log_q = F.log_softmax(logits.float(), dim=dim)
     negative_entropy = (log_q.exp() * log_q).sum(dim=dim)
     return negative_entropy.mean() + math.log(logits.shape[dim])
-
-
-def code_statistics(token_ids: Tensor, vocab_size: int) -> tuple[Tensor, Tensor]:
-    """Codebook usage (fraction of the K codes used at least once) and perplexity exp(H(p)) of the ids.
-
-    The perplexity of the empirical code distribution p is K when every code is used equally and 1 when
-    a single code takes every position (codebook collapse).
-    """
-    counts = id_counts(token_ids, vocab_size).float()
-    return usage_and_perplexity(counts)
-
-
-def usage_and_perplexity(counts: Tensor) -> tuple[Tensor, Tensor]:
-    """``(used fraction, perplexity)`` of a ``(K,)`` histogram of code counts."""
-    probs = counts / counts.sum().clamp_min(1.0)
-    entropy = -(probs * probs.clamp_min(1e-12).log()).sum()
-    return (counts > 0).float().mean(), entropy.exp()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from sslvit.tokenizers.dalle import DALLETokenizer
+from sslvit.utils.atomic_write import atomic_torch_save
 from sslvit.utils.checkpoint import describe_mismatch
 from sslvit.utils.checkpoint_reader import TOKENIZER_KEY, read_checkpoint
 
@@ -44,20 +44,10 @@ def tokenizer_record(tokenizer: nn.Module) -> dict[str, Any]:
 
 
 def save_tokenizer(tokenizer: nn.Module, path: str | os.PathLike[str]) -> Path:
-    """Write ``tokenizer`` to ``path`` (atomically: a temporary file renamed over the target)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``tokenizer`` to ``path`` (atomically, see :func:`~sslvit.utils.atomic_write.atomic_write`)."""
     state = {k: v.detach().cpu() for k, v in tokenizer.state_dict().items()}
     payload = {TOKENIZER_KEY: tokenizer_record(tokenizer), "state_dict": state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_torch_save(payload, path, what="tokenizer")
 
 
 def load_tokenizer(path: str | os.PathLike[str] | None, format: str = "auto") -> nn.Module:

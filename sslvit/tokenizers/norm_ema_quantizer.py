@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sslvit.utils.codebook_stats import usage_and_perplexity
 from sslvit.utils.distributed import all_gather_cat, all_reduce_sum, world_size
 from sslvit.utils.id_counts import id_counts
 
@@ -234,20 +235,8 @@ class NormEMAQuantizer(nn.Module):
     # ------------------------------------------------------------------------------------- usage
     def usage(self) -> tuple[float, float]:
         """(fraction of entries used, perplexity of the usage distribution) since :meth:`reset_usage`."""
-        return usage_stats(self.usage_counts)
+        used_fraction, perplexity = usage_and_perplexity(self.usage_counts)
+        return float(used_fraction), float(perplexity)
 
     def reset_usage(self) -> None:
         self.usage_counts.zero_()
-
-
-def usage_stats(counts: Tensor) -> tuple[float, float]:
-    """``counts (K,)`` -> (fraction of the K entries with a count > 0, perplexity ``exp(H(p))``).
-
-    The perplexity is the effective number of entries in use: K for a uniform usage, 1 for a collapse.
-    """
-    total = counts.sum()
-    if total <= 0:
-        return 0.0, 0.0
-    probs = counts.double() / total
-    entropy = -(probs * probs.clamp(min=1e-30).log()).sum()
-    return float((counts > 0).double().mean()), float(entropy.exp())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from typing import Any
 
@@ -10,6 +11,8 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from sslvit.utils.atomic_write import atomic_write_text
 
 
 class _ContinuingWriter(ExperimentWriter):
@@ -45,12 +48,11 @@ class _ContinuingWriter(ExperimentWriter):
             header = list(reader.fieldnames or [])
             rows = [row for row in reader if _step_of(row) < step]
         self.metrics_keys = header  # later rows with new keys rewrite the file with a wider header
-        tmp = self.metrics_file_path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.metrics_file_path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(text.getvalue(), self.metrics_file_path)
 
 
 def _step_of(row: dict[str, str]) -> float:

@@ -65,7 +65,7 @@ def consolidate_sharded_checkpoint(folder: str | Path, output_file: str | Path |
     from lightning.fabric.utilities.load import _load_distributed_checkpoint
     from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
 
-    from sslvit.utils.checkpoint_io import atomic_torch_save
+    from sslvit.utils.atomic_write import atomic_torch_save
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -19,12 +19,3 @@ def true_indices(masks: torch.Tensor) -> torch.Tensor:
 def gather_masked(tokens: torch.Tensor, mask_indices: torch.Tensor) -> torch.Tensor:
     """The masked rows of ``tokens (B, N, ...)`` as ``(M, ...)``: ``tokens[masks]`` without a host sync."""
     return tokens.flatten(0, 1).index_select(0, mask_indices)
-
-
-def distinct_codes(ids: torch.Tensor, num_codes: int) -> torch.Tensor:
-    """How many of ``num_codes`` ids occur in ``ids``, as a float tensor on their device.
-
-    ``torch.unique(ids).numel()`` would wait for the device; a fixed-size occupancy vector does not.
-    """
-    seen = torch.zeros(num_codes, device=ids.device).scatter_(0, ids.flatten().long(), 1.0)
-    return seen.sum()

@@ -2,7 +2,7 @@
 
 Everything returns plain tensors (``(3, H, W)`` images in [0, 1]) rendered with torchvision and PIL;
 :func:`~sslvit.visualize.render.to_pil` and :func:`~sslvit.visualize.render.save_png` turn them into
-pictures. The :class:`~sslvit.callbacks.visualization.VisualizationCallback` logs them during training.
+pictures. The :class:`~sslvit.callbacks.visualization.Visualizer` logs them during training.
 """
 
 from sslvit.visualize.attention import attention_figure, attention_maps, cls_attention_maps, keep_top_mass

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import make_grid
 
+from sslvit.utils.atomic_write import atomic_write
+
 # The perceptually uniform "viridis" colour map (van der Walt and Smith, 2015) sampled at 0, 0.1, ..., 1;
 # linear interpolation between these 11 anchors stays within a few RGB levels of the 256-entry table.
 _VIRIDIS = torch.tensor(
@@ -112,7 +114,5 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 def save_png(image: torch.Tensor, path: str | Path) -> Path:
     """Write a ``(3, H, W)`` image in [0, 1] as PNG (parent folders are created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    to_pil(image).save(path, format="PNG")
-    return path
+    picture = to_pil(image)
+    return atomic_write(path, lambda f: picture.save(f, format="PNG"), what="image")

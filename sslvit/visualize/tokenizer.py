@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from sslvit.utils.codebook_stats import usage_and_perplexity
 from sslvit.visualize.render import denormalize, grid
 
 
@@ -76,13 +77,8 @@ def codebook_usage(ids: torch.Tensor, vocab_size: int) -> CodebookUsage:
     if int(flat.min()) < 0 or int(flat.max()) >= vocab_size:
         raise ValueError(f"token ids span [{int(flat.min())}, {int(flat.max())}], outside [0, {vocab_size})")
     counts = torch.bincount(flat, minlength=vocab_size)
-    p = counts.double() / counts.sum()
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return CodebookUsage(
-        counts=counts,
-        used_fraction=float((counts > 0).double().mean()),
-        perplexity=float(entropy.exp()),
-    )
+    used_fraction, perplexity = usage_and_perplexity(counts)
+    return CodebookUsage(counts=counts, used_fraction=float(used_fraction), perplexity=float(perplexity))
 
 
 def codebook_histogram(

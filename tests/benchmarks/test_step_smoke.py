@@ -91,7 +91,7 @@ def test_fit_callbacks_mode_runs_the_per_step_callbacks(
             seen.append("batch")
 
     made = timing.per_step_callbacks()
-    assert {type(c).__name__ for c in made} == {"FiniteLossGuard", "HealthMonitor", "SeedEveryStep"}
+    assert {type(c).__name__ for c in made} == {"FiniteLossGuard", "HealthMonitor", "StepSeeder"}
     monkeypatch.setattr(timing, "per_step_callbacks", lambda: [*made, Recorder()])
     step.main([*TINY, "--method", "dino", "--mode", "fit-callbacks", "--json", str(tmp_path / "b.json")])
     assert len(seen) == 3  # one per step: warm-up 1 + 2 timed

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from sslvit.callbacks import OnlineLinearProbe, extract_features
+from sslvit.callbacks import LinearProbe, extract_features
 from sslvit.data.batch import MultiCropBatch
 
 DIM, CLASSES = 4, 3
@@ -50,7 +50,7 @@ def main(out_dir: str) -> None:
         Identity(), DataLoader(dataset, batch_size=2, sampler=sampler)
     )
 
-    probe = OnlineLinearProbe(lr=0.1)
+    probe = LinearProbe(lr=0.1)
     probe._enabled = True
     probe._build(DIM, CLASSES, torch.device("cpu"))
     feats, targets = probe_batch()

@@ -14,21 +14,21 @@ from hydra.utils import instantiate
 
 from sslvit.callbacks import (
     AtomicModelCheckpoint,
-    CheckpointOnSigterm,
     FiniteLossGuard,
     HealthMonitor,
-    KNNCallback,
-    OnlineLinearProbe,
-    SeedEveryStep,
+    KNNEvaluation,
+    LinearProbe,
+    SigtermCheckpoint,
+    StepSeeder,
 )
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 # conf/callbacks/checkpoint.yaml, which every config but `none` includes
 CHECKPOINTING = {
     "checkpoint": AtomicModelCheckpoint,
-    "sigterm": CheckpointOnSigterm,
+    "sigterm": SigtermCheckpoint,
     "finite_loss": FiniteLossGuard,
-    "step_seed": SeedEveryStep,
+    "step_seed": StepSeeder,
 }
 
 
@@ -48,13 +48,13 @@ def _callbacks(choice: str, tmp_path: Path) -> dict[str, Any]:
             "default",
             {
                 **CHECKPOINTING,
-                "knn": KNNCallback,
-                "linear_probe": OnlineLinearProbe,
+                "knn": KNNEvaluation,
+                "linear_probe": LinearProbe,
                 "health": HealthMonitor,
             },
         ),
-        ("knn", {**CHECKPOINTING, "knn": KNNCallback}),
-        ("linear_probe", {**CHECKPOINTING, "linear_probe": OnlineLinearProbe}),
+        ("knn", {**CHECKPOINTING, "knn": KNNEvaluation}),
+        ("linear_probe", {**CHECKPOINTING, "linear_probe": LinearProbe}),
         ("checkpoint", CHECKPOINTING),
         ("none", {}),
     ],
@@ -86,5 +86,5 @@ def test_default_callbacks_in_a_fit_write_last_ckpt(
     assert files == ["epoch001-step0000008.ckpt", "last.ckpt"]  # latest epoch only + last
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["epoch"] == 1
-    probe_state = next(v for k, v in state["callbacks"].items() if k.startswith("OnlineLinearProbe"))
+    probe_state = next(v for k, v in state["callbacks"].items() if k.startswith("LinearProbe"))
     assert probe_state["probe"]["weight"].shape == (4, 8)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslvit.callbacks import OnlineLinearProbe
+from sslvit.callbacks import LinearProbe
 
 WORKER = Path(__file__).with_name("ddp_callbacks_worker.py")
 
@@ -49,7 +49,7 @@ def test_probe_step_matches_global_batch_step(ddp_results: list[dict]) -> None:
     worker = _worker_module()
     feats, targets = worker.probe_batch()
     keep = targets >= 0
-    reference = OnlineLinearProbe(lr=0.1)
+    reference = LinearProbe(lr=0.1)
     reference._build(worker.DIM, worker.CLASSES, torch.device("cpu"))
     F.cross_entropy(reference.probe(feats[keep]), targets[keep]).backward()  # mean over the 7 labelled rows
     reference.optimizer.step()

@@ -1,4 +1,4 @@
-"""KNNCallback and extract_features inside a real Lightning Trainer, with stand-in module and data."""
+"""KNNEvaluation and extract_features inside a real Lightning Trainer, with stand-in module and data."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from sslvit.callbacks import KNNCallback, extract_features
+from sslvit.callbacks import KNNEvaluation, extract_features
 from sslvit.eval.knn import knn_accuracy
 
 
-class RecordingKNN(KNNCallback):
+class RecordingKNN(KNNEvaluation):
     """Records the epoch of every evaluation."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -89,7 +89,7 @@ def test_knn_metric_reaches_callback_metrics_and_logger(
 
 
 def test_knn_with_fast_dev_run(tmp_path: Path, make_module: Any, make_datamodule: Any) -> None:
-    trainer = _trainer(tmp_path, [KNNCallback(every_n_epochs=5)], fast_dev_run=True)
+    trainer = _trainer(tmp_path, [KNNEvaluation(every_n_epochs=5)], fast_dev_run=True)
     trainer.fit(make_module(), datamodule=make_datamodule(val_flip=4))
     assert float(trainer.callback_metrics["val/knn_top1"]) == pytest.approx(87.5)
 
@@ -139,4 +139,4 @@ def test_missing_eval_dataloader_is_a_clear_error(
             return make_datamodule().train_dataloader()
 
     with pytest.raises(TypeError, match="eval_dataloader"):
-        _trainer(tmp_path, [KNNCallback()]).fit(make_module(), datamodule=NoEvalDataModule())
+        _trainer(tmp_path, [KNNEvaluation()]).fit(make_module(), datamodule=NoEvalDataModule())

@@ -1,4 +1,4 @@
-"""OnlineLinearProbe: learns online, leaves the method untouched, and survives a checkpoint resume."""
+"""LinearProbe: learns online, leaves the method untouched, and survives a checkpoint resume."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root ho
 
 from benchmarks.fake import fake_copy, make_module_fake
 from benchmarks.sync_audit import SyncWatch
-from sslvit.callbacks import KNNCallback, OnlineLinearProbe
+from sslvit.callbacks import KNNEvaluation, LinearProbe
 
 
 def _trainer(tmp_path: Path, callbacks: list[pl.Callback], **kwargs: Any) -> pl.Trainer:
@@ -38,7 +38,7 @@ def test_probe_learns_separable_problem_without_touching_the_method(
 ) -> None:
     # "attached": a method that forgot detach(); "no_features": the probe computes features itself.
     module = make_module(detach_features=mode != "attached", features_in_outputs=mode != "no_features")
-    probe = OnlineLinearProbe()
+    probe = LinearProbe()
     trainer = _trainer(tmp_path, [probe])
     trainer.fit(module, datamodule=make_datamodule(n_train=256, n_val=64, batch_size=32))
 
@@ -55,10 +55,10 @@ def test_probe_learns_separable_problem_without_touching_the_method(
 
 
 def test_probe_skips_unlabelled_rows(make_module: Any, make_batch: Any) -> None:
-    probe = OnlineLinearProbe(lr=0.1)
+    probe = LinearProbe(lr=0.1)
     probe._enabled = True
     probe._build(embed_dim=2, num_classes=2, device=torch.device("cpu"))
-    reference = OnlineLinearProbe(lr=0.1)
+    reference = LinearProbe(lr=0.1)
     reference._build(embed_dim=2, num_classes=2, device=torch.device("cpu"))
     features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])
     labels = torch.tensor([0, 1, -1])
@@ -74,7 +74,7 @@ def test_probe_skips_unlabelled_rows(make_module: Any, make_batch: Any) -> None:
 
 
 def test_a_batch_without_labels_leaves_the_probe_unchanged(make_module: Any, make_batch: Any) -> None:
-    probe = OnlineLinearProbe(lr=0.1)
+    probe = LinearProbe(lr=0.1)
     probe._enabled = True
     probe._build(embed_dim=2, num_classes=2, device=torch.device("cpu"))
     features = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -95,7 +95,7 @@ def test_a_batch_without_labels_leaves_the_probe_unchanged(make_module: Any, mak
 
 
 def test_state_dict_round_trip_and_shape_check() -> None:
-    probe = OnlineLinearProbe()
+    probe = LinearProbe()
     probe._build(embed_dim=3, num_classes=2, device=torch.device("cpu"))
     with torch.no_grad():
         probe.probe.weight.fill_(0.5)
@@ -103,14 +103,14 @@ def test_state_dict_round_trip_and_shape_check() -> None:
     probe.optimizer.step()
     state = probe.state_dict()
 
-    restored = OnlineLinearProbe()
+    restored = LinearProbe()
     restored.load_state_dict(state)  # before the probe exists: kept until on_fit_start builds it
     restored._build(embed_dim=3, num_classes=2, device=torch.device("cpu"))
     restored._load(restored._pending_state or {})
     torch.testing.assert_close(restored.probe.weight, probe.probe.weight)
     assert restored.optimizer.state_dict()["state"][0]["step"] == 1
 
-    wrong = OnlineLinearProbe()
+    wrong = LinearProbe()
     wrong._build(embed_dim=4, num_classes=2, device=torch.device("cpu"))
     with pytest.raises(ValueError, match="shape"):
         wrong.load_state_dict(state)
@@ -119,20 +119,20 @@ def test_state_dict_round_trip_and_shape_check() -> None:
 def test_resume_from_checkpoint_restores_probe(
     tmp_path: Path, make_module: Any, make_datamodule: Any
 ) -> None:
-    first = OnlineLinearProbe()
+    first = LinearProbe()
     trainer = _trainer(tmp_path, [first], max_epochs=1)
     trainer.fit(make_module(), datamodule=make_datamodule())  # 4 batches
     ckpt = tmp_path / "probe.ckpt"
     trainer.save_checkpoint(ckpt)
     weight_after_first = first.probe.weight.detach().clone()
 
-    resumed = OnlineLinearProbe()
+    resumed = LinearProbe()
     trainer = _trainer(tmp_path, [resumed], max_epochs=2)
     trainer.fit(make_module(), datamodule=make_datamodule(), ckpt_path=ckpt)
     assert int(resumed.optimizer.state[resumed.probe.weight]["step"]) == 8  # 4 restored + 4 new
     assert not torch.equal(resumed.probe.weight, weight_after_first)  # kept training after the restore
 
-    finished = OnlineLinearProbe()  # resuming an already finished run: restored state, no training
+    finished = LinearProbe()  # resuming an already finished run: restored state, no training
     trainer = _trainer(tmp_path, [finished], max_epochs=1)
     trainer.fit(make_module(), datamodule=make_datamodule(), ckpt_path=ckpt)
     torch.testing.assert_close(finished.probe.weight, weight_after_first)
@@ -140,7 +140,7 @@ def test_resume_from_checkpoint_restores_probe(
 
 def test_probe_and_knn_share_val_features(tmp_path: Path, make_module: Any, make_datamodule: Any) -> None:
     module = make_module()
-    callbacks = [KNNCallback(ks=(20,)), OnlineLinearProbe()]
+    callbacks = [KNNEvaluation(ks=(20,)), LinearProbe()]
     _trainer(tmp_path, callbacks, max_epochs=1).fit(module, datamodule=make_datamodule(n_train=64, n_val=32))
     # One eval pass over train (4 batches) and one over val (2 batches), not two over val.
     eval_passes = module.forward_modes.count(False)
@@ -148,7 +148,7 @@ def test_probe_and_knn_share_val_features(tmp_path: Path, make_module: Any, make
 
 
 def test_no_labels_disables_probe(tmp_path: Path, make_module: Any, make_datamodule: Any) -> None:
-    probe = OnlineLinearProbe()
+    probe = LinearProbe()
     trainer = _trainer(tmp_path, [probe], max_epochs=1)
     with pytest.warns(UserWarning, match="no labels"):
         trainer.fit(make_module(), datamodule=make_datamodule(has_labels=False))
@@ -160,7 +160,7 @@ def test_a_probe_step_makes_no_host_wait_on_fake_cuda(monkeypatch: pytest.Monkey
     """Every training step trains the probe: on fake CUDA tensors no op may read back from the device.
     (Autograd cannot run backward on fake CUDA tensors: it leaves zero gradients here.)"""
     cuda, mode = torch.device("cuda", 0), FakeTensorMode(allow_non_fake_inputs=True)
-    probe = OnlineLinearProbe()
+    probe = LinearProbe()
     probe._enabled = True
     probe._build(embed_dim=2, num_classes=2, device=torch.device("cpu"))
     make_module_fake(probe.probe, mode, cuda)  # then the same optimizer over the fake parameters

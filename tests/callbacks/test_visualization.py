@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from toys import TINY, compose_train_cfg
 
-from sslvit.callbacks import HealthMonitor, VisualizationCallback
+from sslvit.callbacks import HealthMonitor, Visualizer
 from sslvit.callbacks.visualization import log_image
 from sslvit.train import train
 
@@ -80,6 +80,6 @@ def test_log_image_prefers_the_logger_image_api(tmp_path):
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="every_n_epochs >= 0"):
-        VisualizationCallback(every_n_epochs=-1)
+        Visualizer(every_n_epochs=-1)
     with pytest.raises(ValueError, match="every_n_steps"):
         HealthMonitor(every_n_steps=0)

@@ -46,7 +46,7 @@ def knn_datamodule() -> SSLDataModule:
 
 
 def knn_result(model, datamodule: SSLDataModule) -> dict:
-    """The KNNCallback path: eval loaders (sharded under DDP) -> gathered features -> weighted k-NN."""
+    """The KNNEvaluation path: eval loaders (sharded under DDP) -> gathered features -> weighted k-NN."""
     bank, bank_labels = extract_features(model, datamodule.eval_dataloader("train"))
     queries, query_labels = extract_features(model, datamodule.eval_dataloader("val"))
     accuracy = knn_accuracy(bank, bank_labels, queries, query_labels, num_classes=4, ks=KNN_KS)

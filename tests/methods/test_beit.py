@@ -31,9 +31,15 @@ TINY_DVAE = [
 def test_stage_one_checkpoint_feeds_stage_two(tmp_path):
     stage1 = train(compose_train_cfg(tmp_path / "dvae", [*TINY_RUN, *TINY_DVAE]))
     metrics = stage1["metrics"]
-    for key in ("train/recon_loss", "train/kl_loss", "val/recon_mse", "val/codebook_usage", "val/perplexity"):
+    for key in (
+        "train/recon_loss",
+        "train/kl_loss",
+        "val/recon_mse",
+        "val/codebook_usage",
+        "val/codebook_perplexity",
+    ):
         assert metrics[key] == metrics[key], key  # present and not NaN
-    assert 0 < metrics["val/codebook_usage"] <= 100 and 1 <= metrics["val/perplexity"] <= 32
+    assert 0 < metrics["val/codebook_usage"] <= 100 and 1 <= metrics["val/codebook_perplexity"] <= 32
     assert list((tmp_path / "dvae" / "reconstructions").glob("step*.png"))
     checkpoint = stage1["checkpoints"]["last"]
     from_ckpt, from_file = load_tokenizer(checkpoint), load_tokenizer(tmp_path / "dvae" / "tokenizer.pt")

@@ -24,8 +24,9 @@ from sslvit.methods.feature_teacher import load_feature_teacher
 from sslvit.tokenizers import DVAE, load_tokenizer
 from sslvit.tokenizers.io import tokenizer_record
 from sslvit.train import init_backbones, train
-from sslvit.utils import checkpoint_io
-from sslvit.utils.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
+from sslvit.utils import atomic_write
+from sslvit.utils.atomic_write import atomic_torch_save
+from sslvit.utils.checkpoint_io import AtomicCheckpointIO
 from sslvit.utils.resume import check_resume_checkpoint, resolve_ckpt_path
 
 
@@ -38,7 +39,7 @@ def test_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
         f.write(b"PK\x03\x04 half a zip archive")  # what a truncated torch.save leaves behind
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint_io.torch, "save", half_then_crash)
+    monkeypatch.setattr(atomic_write.torch, "save", half_then_crash)
     with pytest.raises(OSError, match="disk full"):
         atomic_torch_save({"step": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
@@ -60,7 +61,7 @@ def test_sigkill_during_save_leaves_the_previous_file_intact(tmp_path):
             f.truncate(f.tell() // 2)
             os.kill(os.getpid(), signal.SIGKILL)
 
-        checkpoint_io.torch.save = save_and_die
+        atomic_write.torch.save = save_and_die
         try:
             atomic_torch_save({"step": 2, "w": torch.zeros(1000)}, path)
         finally:

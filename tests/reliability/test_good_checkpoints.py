@@ -15,9 +15,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from toys import loader, multicrop_batches, tiny_dino
 
-from sslvit.callbacks import AtomicModelCheckpoint, CheckpointOnSigterm, FiniteLossGuard
-from sslvit.utils import checkpoint_io
-from sslvit.utils.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError, atomic_torch_save
+from sslvit.callbacks import AtomicModelCheckpoint, FiniteLossGuard, SigtermCheckpoint
+from sslvit.utils import atomic_write
+from sslvit.utils.atomic_write import WriteError, atomic_torch_save
+from sslvit.utils.checkpoint_io import AtomicCheckpointIO
 
 
 class NaNCenterAfter(Callback):
@@ -126,10 +127,8 @@ def test_a_full_disk_ends_with_one_line_naming_the_file_and_the_cause(tmp_path, 
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as any new file, not mkstemp's owner-only
     real_fdopen = os.fdopen
-    monkeypatch.setattr(
-        checkpoint_io.os, "fdopen", lambda fd, mode: DiskFullFile(real_fdopen(fd, mode), 2000)
-    )
-    with pytest.raises(CheckpointWriteError) as err:  # torch.save itself fails in its zip writer
+    monkeypatch.setattr(atomic_write.os, "fdopen", lambda fd, mode: DiskFullFile(real_fdopen(fd, mode), 2000))
+    with pytest.raises(WriteError) as err:  # torch.save itself fails in its zip writer
         AtomicCheckpointIO().save_checkpoint({"step": 2, "w": torch.zeros(100_000)}, path)
     monkeypatch.undo()
     assert str(err.value) == f"[Errno 28] No space left on device (checkpoint not written): '{path}'"
@@ -155,11 +154,11 @@ def test_sigterm_does_not_save_a_non_finite_state_over_last_ckpt(tmp_path, caplo
     assert (tmp_path / "last.ckpt").resolve() == good
     model.centering.center.fill_(float("inf"))
     with caplog.at_level(logging.WARNING, logger="sslvit.callbacks.preemption"):
-        CheckpointOnSigterm().on_exception(trainer, model, SIGTERMException())
+        SigtermCheckpoint().on_exception(trainer, model, SIGTERMException())
     assert (tmp_path / "last.ckpt").is_symlink() and (tmp_path / "last.ckpt").resolve() == good
     assert any("without saving" in r.getMessage() for r in caplog.records)
     model.centering.center.zero_()  # finite again: SIGTERM saves last.ckpt as usual
-    CheckpointOnSigterm().on_exception(trainer, model, SIGTERMException())
+    SigtermCheckpoint().on_exception(trainer, model, SIGTERMException())
     assert not (tmp_path / "last.ckpt").is_symlink()
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 1
 

@@ -138,7 +138,7 @@ def test_a_crafted_target_deep_in_the_data_config_is_refused(tmp_path):
         ({"_target_": "builtins.open", "file": "x", "mode": "w"}, "builtins.open"),
         ({"_target_": "shutil.copyfile", "src": "a", "dst": "b"}, "shutil.copyfile"),
         ({"_target_": "torch.save", "obj": 1, "f": "x.pt"}, "torch.save"),
-        ({"_target_": "sslvit.utils.checkpoint_io.atomic_torch_save", "obj": 1, "path": "x"}, "atomic_torch"),
+        ({"_target_": "sslvit.utils.atomic_write.atomic_torch_save", "obj": 1, "path": "x"}, "atomic_torch"),
         ({"_target_": "sslvit.backbones.masked_vit.MaskedViT.__init__"}, "MaskedViT.__init__"),
     ],
 )
@@ -171,7 +171,7 @@ _REQUIRED = ["++data.root=/data", "++tokenizer.path=/stage1/tokenizer.pt"]
 
 
 def test_every_config_we_store_passes_the_check():
-    """The backbone and data configs our own runs store (resolved, as RunConfigInCheckpoint writes them)
+    """The backbone and data configs our own runs store (resolved, as RunConfigRecorder writes them)
     build only allowed classes: a run of any recipe, method or data set stays evaluable."""
     runs = [[f"experiment={name}"] for name in _EXPERIMENTS]
     runs += [[f"method={method}", "data=fake"] for method in _METHODS]

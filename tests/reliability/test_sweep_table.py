@@ -10,7 +10,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from sslvit.sweep_table import SweepTableCallback, collect, main
+from sslvit.sweep_table import SweepTableWriter, collect, main
 
 
 def _job(sweep: Path, num: int, overrides: list[str], knn: float | None, status: str = "completed") -> None:
@@ -63,7 +63,7 @@ def test_cli_writes_csv_and_markdown_best_first(sweep, capsys):
 
 def test_hydra_callback_writes_the_table_at_multirun_end(sweep):
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "optimized_metric": "train/loss"})
-    SweepTableCallback().on_multirun_end(config)
+    SweepTableWriter().on_multirun_end(config)
     with (sweep / "sweep_results.csv").open() as f:
         jobs = [r["job"] for r in csv.DictReader(f)]
     assert jobs == ["0", "1", "10", "2"]  # by the optimized metric; a loss ranks smallest first
@@ -85,7 +85,7 @@ def _job_end(sweep: Path, job: str, status, error: Exception | None = None) -> N
     )
     job_return = JobReturn(status=status)
     job_return.return_value = error
-    SweepTableCallback().on_job_end(config, job_return)
+    SweepTableWriter().on_job_end(config, job_return)
 
 
 def test_table_is_written_after_each_job_with_failed_ones_as_rows(sweep):
@@ -109,7 +109,7 @@ def test_single_runs_write_no_table(tmp_path):
     from hydra.types import RunMode
 
     config = OmegaConf.create({"hydra": {"mode": RunMode.RUN, "sweep": {"dir": str(tmp_path)}}})
-    SweepTableCallback().on_job_end(config, JobReturn(status=JobStatus.FAILED))
+    SweepTableWriter().on_job_end(config, JobReturn(status=JobStatus.FAILED))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -131,7 +131,7 @@ def test_named_grid_sweeps_compose(sweep, axes):
     cfg = _compose_hydra(f"sweep={sweep}")
     params = cfg.hydra.sweeper.params
     assert len(params) == axes and all("," in str(v) for v in params.values())
-    assert cfg.hydra.callbacks.sweep_table._target_ == "sslvit.sweep_table.SweepTableCallback"
+    assert cfg.hydra.callbacks.sweep_table._target_ == "sslvit.sweep_table.SweepTableWriter"
 
 
 def test_slurm_launcher_config_extends_submitit():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sslvit.methods.dvae import gumbel_temperature, kl_weight_at
-from sslvit.tokenizers import DVAE, VisualTokenizer, code_statistics, kl_to_uniform
+from sslvit.tokenizers import DVAE, VisualTokenizer, kl_to_uniform
 
 
 def tiny_dvae(**overrides) -> DVAE:
@@ -62,13 +62,6 @@ def test_kl_to_uniform_hand_values():
     # q = (1/2, 1/2, 0, 0) at every position: KL = log 4 - log 2 = log 2
     logits = torch.tensor([0.0, 0.0, -1e4, -1e4]).view(1, k, 1, 1).expand(2, k, 3, 3)
     assert float(kl_to_uniform(logits)) == pytest.approx(math.log(2), abs=1e-5)
-
-
-def test_code_statistics_hand_values():
-    usage, perplexity = code_statistics(torch.tensor([[0, 0], [1, 1]]), vocab_size=4)
-    assert float(usage) == pytest.approx(0.5) and float(perplexity) == pytest.approx(2.0)
-    usage, perplexity = code_statistics(torch.zeros(5, dtype=torch.int64), vocab_size=8)
-    assert float(usage) == pytest.approx(1 / 8) and float(perplexity) == pytest.approx(1.0)
 
 
 def test_temperature_and_kl_schedules_hit_their_end_points():

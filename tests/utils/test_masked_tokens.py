@@ -6,7 +6,7 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from sslvit.data.batch import MaskedImageBatch, MultiCropBatch
-from sslvit.utils.masked_tokens import distinct_codes, gather_masked, true_indices
+from sslvit.utils.masked_tokens import gather_masked, true_indices
 
 
 def test_gather_by_index_equals_boolean_indexing() -> None:
@@ -17,11 +17,6 @@ def test_gather_by_index_equals_boolean_indexing() -> None:
     torch.testing.assert_close(gather_masked(tokens, indices), tokens[masks], rtol=0, atol=0)
     ids = torch.randint(0, 9, (3, 5), generator=g)
     assert torch.equal(gather_masked(ids, indices), ids[masks])
-
-
-def test_distinct_codes_counts_like_unique() -> None:
-    ids = torch.tensor([[3, 3, 0], [7, 0, 3]])
-    assert float(distinct_codes(ids, num_codes=8)) == torch.unique(ids).numel() == 3
 
 
 def test_batches_derive_the_indices_and_keep_them_through_the_transfer() -> None:
