@@ -9,7 +9,8 @@ from sslvit.methods.ema_teacher import EMATeacher
 
 def student() -> nn.ModuleDict:
     torch.manual_seed(0)
-    return nn.ModuleDict({"backbone": nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5)), "head": nn.Linear(4, 2)})
+    backbone = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5))  # dropout: eval mode is visible
+    return nn.ModuleDict({"backbone": backbone, "head": nn.Linear(4, 2)})
 
 
 def fill(student: nn.ModuleDict, teacher: EMATeacher, student_value: float, teacher_value: float) -> None:
