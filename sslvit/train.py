@@ -68,8 +68,9 @@ def init_backbones(model: Any, path: str) -> None:
         imported = import_backbone_state(checkpoint)
     except ValueError as err:
         raise ValueError(f"{source} does not fit this backbone: {err}") from err
-    for network in (model.student, model.teacher):
-        if network is not None and "backbone" in network:  # a frozen tokenizer teacher has none
+    # The EMA teacher of DINO / iBOT / DINOv2 starts as a copy of the student; other methods have none.
+    for network in (model.student, getattr(model, "teacher", None)):
+        if network is not None:
             backbone = network["backbone"]
             load_backbone_weights(backbone, complete_for(backbone, imported), source=source)
     log.info("initialised student and teacher backbones from %s (%s layout)", path, imported.layout)

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from sslvit.backbones import MaskedViT
+from sslvit.backbones.feature_teacher import FeatureTeacher
 from sslvit.data.batch import MaskedImageBatch, MultiCropBatch
 from sslvit.methods import DINO, IBOT, BEiT, BEiTv2, DINOv2, OptimConfig
 from sslvit.methods.dvae import DVAETraining
-from sslvit.methods.feature_teacher import FeatureTeacher
 from sslvit.methods.vqkd import VQKDTraining
 from sslvit.tokenizers import DVAE
 

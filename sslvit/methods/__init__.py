@@ -1,11 +1,13 @@
-from sslvit.methods.base import TeacherStudentModule
+from sslvit.methods.base import PretrainingModule
 from sslvit.methods.beit import BEiT
 from sslvit.methods.beitv2 import BEiTv2
 from sslvit.methods.dino import DINO
 from sslvit.methods.dinov2 import DINOv2
 from sslvit.methods.dvae import DVAETraining
+from sslvit.methods.ema_teacher import EMATeacher
 from sslvit.methods.ibot import IBOT
 from sslvit.methods.optim_config import OptimConfig
+from sslvit.methods.vit_pretraining import ViTPretrainingModule
 from sslvit.methods.vqkd import VQKDTraining
 
 __all__ = [
@@ -15,7 +17,9 @@ __all__ = [
     "BEiTv2",
     "DINOv2",
     "DVAETraining",
+    "EMATeacher",
     "OptimConfig",
-    "TeacherStudentModule",
+    "PretrainingModule",
     "VQKDTraining",
+    "ViTPretrainingModule",
 ]

@@ -1,9 +1,9 @@
-"""The one base LightningModule of the teacher–student methods (DINO, iBOT, DINOv2)."""
+"""The one pretraining base of every LightningModule: schedules, parameter groups, clipping, logging."""
 
 from __future__ import annotations
 
-import copy
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
@@ -18,90 +18,65 @@ from sslvit.utils.fsdp import unwrapped_name
 from sslvit.utils.param_groups import param_groups
 from sslvit.utils.schedules import cosine_schedule, linear_warmup
 
+NetworkT = TypeVar("NetworkT", bound=nn.Module)
 
-class TeacherStudentModule(SyncFreeLogging):
-    """Student networks, an EMA teacher, step-based schedules, parameter groups and clipping.
 
-    A leaf method adds its heads to ``self.student`` (a ``ModuleDict`` that already holds ``backbone``),
-    then calls :meth:`build_teacher`, and writes ``training_step``. Everything that every method needs
-    lives here, so the leaves read like their papers.
+class PretrainingModule(SyncFreeLogging):
+    """What every pretraining method needs, so that the leaves read like their papers.
 
-    * The teacher is a frozen copy of the student updated after every *optimizer* step with
-      ``theta_t <- m theta_t + (1 - m) theta_s`` (correct under gradient accumulation), m following a
-      cosine from ``momentum_teacher`` to ``momentum_teacher_end``. It always stays in eval mode.
-      Methods whose teacher is a fixed pretrained network (BEiT's tokenizer) call
-      :meth:`set_frozen_teacher` instead: no EMA, no momentum schedule.
-    * lr, weight decay and momentum are pure functions of ``trainer.global_step`` (exact resume).
-    * ``forward(images)`` returns the teacher backbone's CLS features: what evaluation reads.
+    * lr and weight decay (and whatever :meth:`method_schedules` adds) are pure functions of
+      ``trainer.global_step`` (exact resume), written into the optimizer before each optimizer step.
+    * Parameter groups over :meth:`trained_parameters`: no weight decay on 1-d parameters (and what
+      :meth:`no_weight_decay` adds), layer-wise lr decay through :meth:`layer_id`, patch-embed lr
+      multiplier, lr scaled with the global batch.
+    * Gradient clipping in ``optim.clip_grad_mode`` over :meth:`clipping_networks`, with the
+      :class:`NonFiniteStepGuard` skipping a step whose gradients are not finite.
+    * Frozen networks (:meth:`keep_frozen`) take no gradient and stay in eval mode.
+    * Logging helpers (:meth:`log_losses`, :meth:`log_skipped`) and the schedules as ``sched/<name>``.
+
+    A leaf implements :meth:`trained_parameters`, :meth:`clipping_networks`, ``forward`` (what evaluation
+    reads) and ``training_step``.
 
     Args:
-        backbone: the student backbone (a ``MaskedViT``); the teacher gets a deep copy.
         optim: optimiser and schedule settings.
-        momentum_teacher: EMA momentum at the first step (DINO 0.996).
-        momentum_teacher_end: EMA momentum at the last step (1.0).
     """
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        optim: OptimConfig,
-        momentum_teacher: float = 0.996,
-        momentum_teacher_end: float = 1.0,
-    ) -> None:
+    #: Trainable parameters this method never uses in a training step (full names, e.g. DINO's
+    #: ``student.backbone.mask_token``: it sees no masked crops). They stay in the state dict, for
+    #: evaluation, ``init_from`` and checkpoints, but DDP does not reduce them: a parameter DDP waits for
+    #: in vain fails the second step (or forces ``find_unused_parameters``, a graph walk every step).
+    unused_parameters: tuple[str, ...] = ()
+
+    def __init__(self, optim: OptimConfig) -> None:
         super().__init__()
-        self.student = nn.ModuleDict({"backbone": backbone})
-        self.teacher: nn.ModuleDict | None = None
         self.optim = optim
-        self.momentum_teacher = momentum_teacher
-        self.momentum_teacher_end = momentum_teacher_end
-        self.ema_teacher = True
-        self.embed_dim: int = int(backbone.embed_dim)  # type: ignore[arg-type]
         # Clips the gradients and skips, on the device, a step whose gradients are not finite.
         self.step_guard = NonFiniteStepGuard()
+        # A tuple, not a ModuleList: the frozen networks stay registered under their own names.
+        self._frozen: tuple[nn.Module, ...] = ()
 
-    # ----------------------------------------------------------------------------------- teacher
-    def build_teacher(self) -> None:
-        """Create the teacher as a frozen copy of the (complete) student. Call at the end of __init__."""
-        self.teacher = copy.deepcopy(self.student)
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        self.teacher.eval()
+    # ------------------------------------------------------------------------------ the networks
+    def trained_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
+        """The (name, parameter) pairs the optimizer trains; names as :meth:`no_weight_decay` reads them."""
+        raise NotImplementedError
 
-    def set_frozen_teacher(self, **networks: nn.Module) -> None:
-        """Use fixed pretrained networks (e.g. ``tokenizer=``) as the teacher: frozen, never EMA-updated."""
-        self.teacher = nn.ModuleDict(networks)
-        self.teacher.requires_grad_(False)
-        self.teacher.eval()
-        self.ema_teacher = False
+    def clipping_networks(self) -> dict[str, nn.Module]:
+        """The trained networks by state-dict name: the groups of ``clip_grad_mode="per_network"``."""
+        raise NotImplementedError
 
-    def train(self, mode: bool = True) -> TeacherStudentModule:
+    def keep_frozen(self, network: NetworkT) -> NetworkT:
+        """Make ``network`` a fixed part of the method (a tokenizer, a feature teacher): no gradients,
+        eval mode now and after every ``train()``. Returns it."""
+        network.requires_grad_(False)
+        network.eval()
+        self._frozen = (*self._frozen, network)
+        return network
+
+    def train(self, mode: bool = True) -> PretrainingModule:
         super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # no dropout / drop path in the teacher, ever
+        for network in self._frozen:
+            network.eval()  # no dropout / drop path in a fixed network, ever
         return self
-
-    @torch.no_grad()
-    def update_teacher(self, momentum: float) -> None:
-        """theta_t <- m theta_t + (1 - m) theta_s for every teacher parameter (EMA teachers only); not
-        at all after a step the :class:`NonFiniteStepGuard` skipped."""
-        assert self.teacher is not None
-        if not self.ema_teacher:
-            return
-        student = dict(self.student.named_parameters())
-        pairs = [(t, student[name].detach()) for name, t in self.teacher.named_parameters()]
-        teacher: list[torch.Tensor] = [t for t, _ in pairs]
-        students: list[torch.Tensor] = [s for _, s in pairs]
-        applied = self.step_guard.applied
-        if applied is None:
-            torch._foreach_lerp_(teacher, students, 1.0 - momentum)
-        else:  # weight 0 after a skipped step, decided on the device (the same arithmetic otherwise)
-            weights = [applied * (1.0 - momentum)] * len(teacher)  # 0-d tensors: the `.List` overload
-            torch._foreach_lerp_(teacher, students, weights)  # type: ignore[arg-type]
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,C,H,W) images -> (B,D) teacher CLS features (evaluation features)."""
-        assert self.teacher is not None
-        return self.teacher["backbone"](images)
 
     # --------------------------------------------------------------------------------- schedules
     @property
@@ -124,10 +99,14 @@ class TeacherStudentModule(SyncFreeLogging):
         trainer = self.trainer
         return self.optim.batch_size_per_device * trainer.world_size * trainer.accumulate_grad_batches
 
+    def method_schedules(self, step: int) -> dict[str, float]:
+        """The method's own per-step schedules at optimizer step ``step`` (e.g. the EMA momentum)."""
+        return {}
+
     def schedule_values(self, step: int) -> dict[str, float]:
-        """Every schedule of the base at optimizer step ``step`` (0-based)."""
+        """lr, weight decay and :meth:`method_schedules` at optimizer step ``step`` (0-based)."""
         o, total = self.optim, self.total_steps
-        values = {
+        return {
             "lr": cosine_schedule(
                 step,
                 total,
@@ -136,20 +115,10 @@ class TeacherStudentModule(SyncFreeLogging):
                 self.epochs_to_steps(o.warmup_epochs),
             ),
             "wd": cosine_schedule(step, total, o.weight_decay, o.weight_decay_end),
+            **self.method_schedules(step),
         }
-        if self.ema_teacher:
-            values["momentum"] = cosine_schedule(
-                step, total, self.momentum_teacher, self.momentum_teacher_end
-            )
-        return values
 
     # ------------------------------------------------------------------------ data parallelism
-    #: Trainable parameters this method never uses in a training step (full names, e.g. DINO's
-    #: ``student.backbone.mask_token``: it sees no masked crops). They stay in the state dict, for
-    #: evaluation, ``init_from`` and checkpoints, but DDP does not reduce them: a parameter DDP waits for
-    #: in vain fails the second step (or forces ``find_unused_parameters``, a graph walk every step).
-    unused_parameters: tuple[str, ...] = ()
-
     def hide_unused_parameters_from_ddp(self) -> None:
         """Tell DDP (read when it wraps this module) to skip :attr:`unused_parameters`."""
         names = dict(self.named_parameters())
@@ -164,30 +133,25 @@ class TeacherStudentModule(SyncFreeLogging):
         self.hide_unused_parameters_from_ddp()
         # FSDP turns every parameter into a 1-d shard (and renames it) before configure_optimizers
         # runs; remember the true dimensions now so weight decay still skips only biases and norms.
-        self._param_ndim = {unwrapped_name(n): p.ndim for n, p in self.student.named_parameters()}
+        self._param_ndim = {unwrapped_name(n): p.ndim for n, p in self.trained_parameters()}
 
     def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
-        """Biases, norms (all 1-d parameters), position embedding and the CLS / register / mask tokens."""
-        name = unwrapped_name(name)
-        if getattr(self, "_param_ndim", {}).get(name, param.ndim) <= 1:
-            return True
-        backbone: Any = self.student["backbone"]
-        exempt = backbone.no_weight_decay() if hasattr(backbone, "no_weight_decay") else set()
-        return name.startswith("backbone.") and name.removeprefix("backbone.") in exempt
+        """Biases and norms: every parameter of at most one dimension (its true one under FSDP)."""
+        return getattr(self, "_param_ndim", {}).get(unwrapped_name(name), param.ndim) <= 1
 
     def layer_id(self, name: str) -> int:
-        backbone: Any = self.student["backbone"]
-        name = unwrapped_name(name)
-        if name.startswith("backbone."):
-            return int(backbone.layer_id(name.removeprefix("backbone.")))
-        return len(backbone.blocks) + 1  # heads sit above the last block
+        """Depth of a parameter for layer-wise lr decay (only methods with a ViT backbone have one)."""
+        raise ValueError(f"{type(self).__name__} has no layers for optim.layer_decay != 1")
+
+    def num_layers(self) -> int:
+        return 0
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = param_groups(
-            self.student.named_parameters(),
+            self.trained_parameters(),
             no_weight_decay=self.no_weight_decay,
             layer_id=self.layer_id,
-            num_layers=len(self.student["backbone"].blocks),  # type: ignore[arg-type]
+            num_layers=self.num_layers(),
             layer_decay=self.optim.layer_decay,
             patch_embed_lr_mult=self.optim.patch_embed_lr_mult,
         )
@@ -211,9 +175,12 @@ class TeacherStudentModule(SyncFreeLogging):
     ) -> None:
         # Measured even with clip_grad = 0: a non-finite norm has the step skipped (on the device).
         sharded = isinstance(self.trainer.strategy, FSDPStrategy)
-        networks = {f"student.{name}": net for name, net in self.student.items()}
         norm = self.step_guard(
-            optimizer, networks, self.optim.clip_grad, self.optim.clip_grad_mode, sharded=sharded
+            optimizer,
+            self.clipping_networks(),
+            self.optim.clip_grad,
+            self.optim.clip_grad_mode,
+            sharded=sharded,
         )
         if norm is not None:  # the norm of all gradients before clipping, whatever the groups (a tensor)
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
@@ -226,10 +193,13 @@ class TeacherStudentModule(SyncFreeLogging):
         apply_lr_wd(optimizer, values["lr"], values["wd"])
         return values
 
+    def on_optimizer_step_done(self, values: dict[str, float]) -> None:
+        """What a method updates once per optimizer step, after it (e.g. an EMA teacher)."""
+
     def after_optimizer_step(self, values: dict[str, float]) -> None:
-        """EMA teacher update and schedule logging, once per optimizer step (``values`` from above)."""
-        if "momentum" in values:  # EMA teachers only
-            self.update_teacher(values["momentum"])
+        """The method's per-step update and schedule logging, once per optimizer step (``values`` from
+        :meth:`apply_schedules`)."""
+        self.on_optimizer_step_done(values)
         self.log_dict({f"sched/{k}": v for k, v in values.items()}, on_step=True, on_epoch=False)
 
     # The per-step pieces above are separate methods so that benchmarks/step.py can drive the very same

@@ -8,22 +8,16 @@ import torch
 from torch import nn
 
 from sslvit.data.batch import MaskedImageBatch
-from sslvit.heads import CLSPretrainHead
+from sslvit.heads import CLSPretrainHead, mim_classifier
 from sslvit.losses import MIMCrossEntropy
-from sslvit.methods.base import TeacherStudentModule
-from sslvit.methods.beit import (
-    _EVAL_FEATURES,
-    check_tokenizer,
-    eval_features,
-    global_distinct_codes,
-    mim_classifier,
-    tokenizer_target_ids,
-)
+from sslvit.methods.eval_features import check_eval_features, eval_features
 from sslvit.methods.optim_config import OptimConfig
+from sslvit.methods.vit_pretraining import ViTPretrainingModule
+from sslvit.tokenizers.targets import check_tokenizer, global_distinct_codes, tokenizer_target_ids
 from sslvit.utils.masked_tokens import gather_masked
 
 
-class BEiTv2(TeacherStudentModule):
+class BEiTv2(ViTPretrainingModule):
     """Masked image modelling with vector-quantised visual tokenizers (Peng et al., 2022,
     "BEiT v2", arXiv:2208.06366).
 
@@ -39,9 +33,9 @@ class BEiTv2(TeacherStudentModule):
     ``L = L_MIM + L_MIM_C``. The CLS head lives in ``student["cls_head"]``, outside
     ``student["backbone"]``, so evaluation, export and checkpoint import read the backbone alone.
 
-    On the base: the tokenizer is a frozen teacher under ``teacher["tokenizer"]`` (no EMA); schedules,
-    parameter groups and clipping are the base's. Backbone options as in BEiT (LayerScale 0.1, shared
-    relative position bias, which the CLS head's blocks use too).
+    The tokenizer is a frozen building block under ``tokenizer`` (no gradient, always in eval mode);
+    schedules, parameter groups and clipping are the base's. Backbone options as in BEiT (LayerScale 0.1,
+    shared relative position bias, which the CLS head's blocks use too).
 
     Args:
         backbone: the ViT (a ``MaskedViT``; ViT-B/16 in the paper).
@@ -69,8 +63,7 @@ class BEiTv2(TeacherStudentModule):
         super().__init__(backbone, optim)
         self.save_hyperparameters(ignore=["backbone", "optim", "tokenizer"])
         visual_tokenizer = check_tokenizer(tokenizer)
-        if eval_features not in _EVAL_FEATURES:
-            raise ValueError(f"eval_features must be one of {_EVAL_FEATURES}, got {eval_features!r}")
+        self.eval_features = check_eval_features(eval_features)
         vit: Any = backbone
         depth = len(vit.blocks)
         layer = max(1, depth - 3) if cls_pretrain_layer is None else int(cls_pretrain_layer)
@@ -91,14 +84,8 @@ class BEiTv2(TeacherStudentModule):
             layerscale_init=cls_head_layerscale_init,
             drop_path_rate=cls_head_drop_path_rate,
         )
-        self.set_frozen_teacher(tokenizer=tokenizer)
+        self.tokenizer = self.keep_frozen(tokenizer)
         self.mim_loss = MIMCrossEntropy()
-        self.eval_features = eval_features
-
-    @property
-    def tokenizer(self) -> Any:
-        assert self.teacher is not None
-        return self.teacher["tokenizer"]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B,C,H,W) normalised images -> (B,D) evaluation features of the backbone (no CLS head)."""

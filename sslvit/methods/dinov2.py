@@ -10,13 +10,15 @@ from torch import nn
 from sslvit.data.batch import MultiCropBatch
 from sslvit.heads import DINOHead
 from sslvit.losses import Centering, DINOLoss, IBOTPatchLoss, KoLeoLoss, SinkhornKnopp
-from sslvit.methods.base import TeacherStudentModule
+from sslvit.methods.ema_teacher import EMATeacher
 from sslvit.methods.multicrop import student_crop_features
 from sslvit.methods.optim_config import OptimConfig
+from sslvit.methods.teacher_targets import teacher_targets
+from sslvit.methods.vit_pretraining import ViTPretrainingModule
 from sslvit.utils.masked_tokens import gather_masked
 
 
-class DINOv2(TeacherStudentModule):
+class DINOv2(ViTPretrainingModule):
     """Learning robust visual features without supervision (Oquab et al., 2024, arXiv:2304.07193).
 
     Composes three blocks: DINO's cross-view loss on the CLS token (its own head), iBOT's masked-patch
@@ -60,12 +62,12 @@ class DINOv2(TeacherStudentModule):
         momentum_teacher: float = 0.992,
         momentum_teacher_end: float = 1.0,
     ) -> None:
-        super().__init__(backbone, optim, momentum_teacher, momentum_teacher_end)
+        super().__init__(backbone, optim)
         self.save_hyperparameters(ignore=["backbone", "optim"])
         head_args = (hidden_dim, bottleneck_dim, head_layers, True)
         self.student["dino_head"] = DINOHead(self.embed_dim, out_dim, *head_args)
         self.student["ibot_head"] = DINOHead(self.embed_dim, patch_out_dim, *head_args)
-        self.build_teacher()
+        self.teacher = EMATeacher(self.student, momentum_teacher, momentum_teacher_end)
         if teacher_targets == "sinkhorn_knopp":
             self.cls_targets: SinkhornKnopp | Centering = SinkhornKnopp(sinkhorn_iterations)
             self.patch_targets: SinkhornKnopp | Centering = SinkhornKnopp(sinkhorn_iterations)
@@ -81,6 +83,18 @@ class DINOv2(TeacherStudentModule):
         self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
         self.weights = {"dino": dino_weight, "ibot": ibot_weight, "koleo": koleo_weight}
 
+    # ------------------------------------------------------------------------------- EMA teacher
+    def method_schedules(self, step: int) -> dict[str, float]:
+        return {"momentum": self.teacher.momentum(step, self.total_steps)}
+
+    def on_optimizer_step_done(self, values: dict[str, float]) -> None:
+        # Not at all after a step the step guard skipped (decided on the device).
+        self.teacher.ema_update(self.student, values["momentum"], self.step_guard.applied)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,C,H,W) images -> (B,D) teacher CLS features (evaluation features)."""
+        return self.teacher["backbone"](images)
+
     def last_layer_parameters(self) -> list[nn.Parameter]:
         heads = [self.student["dino_head"], self.student["ibot_head"]]
         return [p for head in heads for p in head.last_layer_parameters]  # type: ignore[union-attr]
@@ -89,7 +103,6 @@ class DINOv2(TeacherStudentModule):
         return self.warmup_over_epochs(*self.teacher_temps, self.warmup_teacher_temp_epochs)
 
     def training_step(self, batch: MultiCropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
-        assert self.teacher is not None
         if batch.masks is None:
             raise ValueError("DINOv2 needs masks on its global crops: select data/masking=dinov2")
         num_global, batch_size = len(batch.global_crops), batch.batch_size
@@ -98,27 +111,20 @@ class DINOv2(TeacherStudentModule):
         indices = batch.mask_indices
         assert indices is not None  # derived from masks by MultiCropBatch
         self.log_skipped(batch.num_skipped)
-        teacher_backbone: Any = self.teacher["backbone"]
         student_backbone: Any = self.student["backbone"]
 
-        with torch.no_grad():
-            temp = self.current_teacher_temp()
-            teacher_out = teacher_backbone.forward_features(globals_)
-            teacher_cls_logits = self.teacher["dino_head"](teacher_out["x_norm_clstoken"])  # (G*B, K)
-            # The teacher's patch head, too, runs only where the student was masked.
-            teacher_patch_logits = self.teacher["ibot_head"](
-                gather_masked(teacher_out["x_norm_patchtokens"], indices)
-            )  # (M, K')
-            teacher_cls_probs_all = self.cls_targets.probs(teacher_cls_logits, temp)  # (G*B, K)
-            teacher_cls_probs = teacher_cls_probs_all.chunk(num_global)
-            teacher_patch_probs = self.patch_targets.probs(teacher_patch_logits, temp)
-            # Updated now (the probabilities above used the previous state), so that the logits are not
-            # kept alive through the student's forward and backward: 1.2 GiB for ViT-S/14 at batch 128.
-            self.cls_targets.update(teacher_cls_logits)
-            self.patch_targets.update(teacher_patch_logits)
-            # A copy: a view would keep the whole normalised teacher output alive past the `del`.
-            features = teacher_out["x_norm_clstoken"][:batch_size].clone()
-            del teacher_out, teacher_cls_logits, teacher_patch_logits
+        temp = self.current_teacher_temp()
+        targets = teacher_targets(
+            self.teacher["backbone"],
+            self.teacher["dino_head"],
+            self.teacher["ibot_head"],  # run only where the student was masked
+            self.cls_targets,
+            self.patch_targets,
+            globals_,
+            indices,
+            (temp, temp),
+            batch_size,
+        )
 
         student_out, student_cls = student_crop_features(student_backbone, globals_, masks, batch.local_crops)
         student_global_cls = student_out["x_norm_clstoken"]  # (G*B, D)
@@ -129,8 +135,8 @@ class DINOv2(TeacherStudentModule):
         )  # (M, K')
 
         terms = {
-            "dino": self.dino_loss(list(student_cls_logits), list(teacher_cls_probs)),
-            "ibot": self.ibot_loss.forward_masked(student_patch_logits, teacher_patch_probs, masks, indices),
+            "dino": self.dino_loss(list(student_cls_logits), list(targets.cls_probs.chunk(num_global))),
+            "ibot": self.ibot_loss.forward_masked(student_patch_logits, targets.patch_probs, masks, indices),
             # Per global view and per process, as in the paper's implementation: neighbours among this
             # process's images of the same view (so N processes are not one process on N times the batch).
             "koleo": torch.stack([self.koleo_loss(x) for x in student_global_cls.chunk(num_global)]).sum(),
@@ -142,6 +148,6 @@ class DINOv2(TeacherStudentModule):
         # teacher_probs: the CLS targets the loss saw, read by sslvit.callbacks.HealthMonitor.
         return {
             "loss": loss,
-            "features": features,
-            "teacher_probs": teacher_cls_probs_all,
+            "features": targets.features,
+            "teacher_probs": targets.cls_probs,
         }

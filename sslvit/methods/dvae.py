@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.strategies import FSDPStrategy
+from torch import nn
 
 from sslvit.data.batch import MaskedImageBatch
-from sslvit.methods.optim_config import OptimConfig, apply_lr_wd
-from sslvit.methods.step_guard import NonFiniteStepGuard
-from sslvit.methods.sync_free_logging import SyncFreeLogging
+from sslvit.methods.base import PretrainingModule
+from sslvit.methods.optim_config import OptimConfig
 from sslvit.tokenizers.dvae import DVAE, kl_to_uniform
 from sslvit.tokenizers.io import TOKENIZER_KEY, save_tokenizer, tokenizer_record
 from sslvit.utils.codebook_stats import usage_and_perplexity
-from sslvit.utils.distributed import all_reduce_sum, mean_over_processes
-from sslvit.utils.epoch_length import optimizer_steps_per_epoch
+from sslvit.utils.distributed import all_reduce_sum
 from sslvit.utils.id_counts import id_counts
-from sslvit.utils.param_groups import param_groups
 from sslvit.utils.schedules import cosine_schedule
 
 TOKENIZER_FILE = "tokenizer.pt"
@@ -38,7 +36,7 @@ def kl_weight_at(step: int, warmup_steps: int, end: float) -> float:
     return cosine_schedule(step, max(1, warmup_steps), 0.0, end)
 
 
-class DVAETraining(SyncFreeLogging):
+class DVAETraining(PretrainingModule):
     """Trains a :class:`~sslvit.tokenizers.dvae.DVAE` (the tokenizer of BEiT, Bao et al., 2022).
 
     As in DALL-E (Ramesh et al., 2021, arXiv:2102.12092): the decoder reconstructs the image from a
@@ -76,7 +74,7 @@ class DVAETraining(SyncFreeLogging):
         kl_warmup_epochs: float = 1.0,
         straight_through: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(optim)
         if not 0 < temperature_end <= temperature_start:
             raise ValueError(
                 f"need 0 < temperature_end <= temperature_start, got {temperature_end}, {temperature_start}"
@@ -85,39 +83,27 @@ class DVAETraining(SyncFreeLogging):
             raise ValueError(f"kl_weight must be >= 0, got {kl_weight}")
         self.save_hyperparameters(ignore=["tokenizer", "optim"])
         self.tokenizer = tokenizer
-        self.optim = optim
         self.temperatures = (float(temperature_start), float(temperature_end))
         self.temperature_anneal_epochs = float(temperature_anneal_epochs)
         self.kl_weight = float(kl_weight)
         self.kl_warmup_epochs = float(kl_warmup_epochs)
         self.straight_through = straight_through
         self.embed_dim = int(tokenizer.vocab_size)  # feature size of forward(), read by the linear probe
-        # Clips the gradients and skips, on the device, a step whose gradients are not finite.
-        self.step_guard = NonFiniteStepGuard()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B,C,H,W) pixels in [0, 1] -> (B, vocab_size) code distribution averaged over positions."""
         return self.tokenizer.logits(images).float().softmax(dim=1).mean(dim=(2, 3))
 
-    # --------------------------------------------------------------------------------- schedules
-    @property
-    def total_steps(self) -> int:
-        return max(1, int(self.trainer.estimated_stepping_batches))
+    # ------------------------------------------------------------------------ networks, schedules
+    def trained_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
+        return self.tokenizer.named_parameters()
 
-    def epochs_to_steps(self, epochs: float) -> int:
-        return round(epochs * optimizer_steps_per_epoch(self.trainer, self.total_steps))
+    def clipping_networks(self) -> dict[str, nn.Module]:
+        return {"tokenizer": self.tokenizer}
 
-    def schedule_values(self, step: int) -> dict[str, float]:
-        """lr, weight decay, Gumbel temperature and KL weight at optimizer step ``step`` (0-based)."""
-        o, total = self.optim, self.total_steps
-        global_batch = (
-            o.batch_size_per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
-        )
+    def method_schedules(self, step: int) -> dict[str, float]:
+        """Gumbel temperature and KL weight at optimizer step ``step`` (0-based)."""
         return {
-            "lr": cosine_schedule(
-                step, total, o.scaled_lr(global_batch), o.min_lr, self.epochs_to_steps(o.warmup_epochs)
-            ),
-            "wd": cosine_schedule(step, total, o.weight_decay, o.weight_decay_end),
             "temperature": gumbel_temperature(
                 step, self.epochs_to_steps(self.temperature_anneal_epochs), *self.temperatures
             ),
@@ -126,57 +112,20 @@ class DVAETraining(SyncFreeLogging):
 
     # ---------------------------------------------------------------------------------- training
     def training_step(self, batch: MaskedImageBatch, batch_idx: int) -> dict[str, torch.Tensor]:
-        values = self.schedule_values(self.trainer.global_step)
+        values = self.method_schedules(self.trainer.global_step)
         images = batch.images
         out = self.tokenizer(images, temperature=values["temperature"], hard=self.straight_through)
         recon_loss = F.mse_loss(out.reconstruction.float(), images.float())
         kl_loss = kl_to_uniform(out.logits)
         loss = recon_loss + values["kl_weight"] * kl_loss
 
-        batch_size = batch.batch_size
-        # Means over processes (one all-reduce on the device): the global batch's losses under DDP.
-        total, recon, kl = mean_over_processes([loss, recon_loss, kl_loss])
-        self.log("train/loss", total, on_step=True, prog_bar=True, batch_size=batch_size)
-        terms = {"train/recon_loss": recon, "train/kl_loss": kl}
-        self.log_dict(terms, on_step=True, on_epoch=False, batch_size=batch_size)
-        self.log_dict({f"sched/{k}": v for k, v in values.items()}, on_step=True, on_epoch=False)
+        self.log_losses(loss, {"recon": recon_loss, "kl": kl_loss}, batch.batch_size)
         with torch.no_grad():
             counts = id_counts(out.logits.argmax(dim=1), self.tokenizer.vocab_size)
             usage, perplexity = usage_and_perplexity(all_reduce_sum(counts.float()))
         self.log_dict({"health/codebook_usage": 100.0 * usage, "health/perplexity": perplexity}, on_step=True)
-        self.log(
-            "data/skipped_images", float(batch.num_skipped), on_epoch=True, reduce_fx="sum", sync_dist=True
-        )
+        self.log_skipped(batch.num_skipped)
         return {"loss": loss}
-
-    # --------------------------------------------------------------------------------- optimizer
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        groups = param_groups(self.tokenizer.named_parameters(), no_weight_decay=lambda _, p: p.ndim <= 1)
-        return self.optim.adamw(groups)
-
-    def optimizer_step(
-        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
-    ) -> None:
-        values = self.schedule_values(self.trainer.global_step)
-        apply_lr_wd(optimizer, values["lr"], values["wd"])
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | int | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        # Measured even with clip_grad = 0: a non-finite norm has the step skipped (on the device).
-        sharded = isinstance(self.trainer.strategy, FSDPStrategy)
-        networks = {"tokenizer": self.tokenizer}
-        norm = self.step_guard(
-            optimizer, networks, self.optim.clip_grad, self.optim.clip_grad_mode, sharded=sharded
-        )
-        if norm is not None:  # the norm of all gradients before clipping (a device tensor)
-            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
-            assert self.step_guard.skipped is not None
-            self.log("train/skipped_steps", self.step_guard.skipped.float(), on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------------------ tokenizer file
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

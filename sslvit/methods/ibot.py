@@ -10,13 +10,15 @@ from torch import nn
 from sslvit.data.batch import MultiCropBatch
 from sslvit.heads import DINOHead
 from sslvit.losses import Centering, DINOLoss, IBOTPatchLoss
-from sslvit.methods.base import TeacherStudentModule
+from sslvit.methods.ema_teacher import EMATeacher
 from sslvit.methods.multicrop import student_crop_features
 from sslvit.methods.optim_config import OptimConfig
+from sslvit.methods.teacher_targets import teacher_targets
+from sslvit.methods.vit_pretraining import ViTPretrainingModule
 from sslvit.utils.masked_tokens import gather_masked
 
 
-class IBOT(TeacherStudentModule):
+class IBOT(ViTPretrainingModule):
     """Image BERT pre-training with an online tokenizer (Zhou et al., 2022, arXiv:2111.07832).
 
     DINO's cross-view loss on the CLS token (``L_cls``) plus masked image modelling as self-distillation
@@ -67,7 +69,7 @@ class IBOT(TeacherStudentModule):
         momentum_teacher: float = 0.996,
         momentum_teacher_end: float = 1.0,
     ) -> None:
-        super().__init__(backbone, optim, momentum_teacher, momentum_teacher_end)
+        super().__init__(backbone, optim)
         self.save_hyperparameters(ignore=["backbone", "optim"])
         if shared_head and patch_out_dim != out_dim:
             raise ValueError(f"shared_head needs patch_out_dim == out_dim, got {patch_out_dim} and {out_dim}")
@@ -75,7 +77,7 @@ class IBOT(TeacherStudentModule):
         self.student["head"] = DINOHead(self.embed_dim, out_dim, *head_args)
         if not shared_head:
             self.student["patch_head"] = DINOHead(self.embed_dim, patch_out_dim, *head_args)
-        self.build_teacher()
+        self.teacher = EMATeacher(self.student, momentum_teacher, momentum_teacher_end)
         self.cls_centering = Centering(out_dim, center_momentum)
         self.patch_centering = Centering(patch_out_dim, center_momentum)
         self.dino_loss = DINOLoss(student_temp)
@@ -88,6 +90,18 @@ class IBOT(TeacherStudentModule):
 
     def patch_head(self, network: nn.ModuleDict) -> nn.Module:
         return network["head"] if self.shared_head else network["patch_head"]
+
+    # ------------------------------------------------------------------------------- EMA teacher
+    def method_schedules(self, step: int) -> dict[str, float]:
+        return {"momentum": self.teacher.momentum(step, self.total_steps)}
+
+    def on_optimizer_step_done(self, values: dict[str, float]) -> None:
+        # Not at all after a step the step guard skipped (decided on the device).
+        self.teacher.ema_update(self.student, values["momentum"], self.step_guard.applied)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,C,H,W) images -> (B,D) teacher CLS features (evaluation features)."""
+        return self.teacher["backbone"](images)
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
         heads = (
@@ -103,38 +117,30 @@ class IBOT(TeacherStudentModule):
         )
 
     def training_step(self, batch: MultiCropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
-        assert self.teacher is not None
         if batch.masks is None:
             raise ValueError("iBOT needs masked global crops: select a masking config (data/masking=block)")
         num_global, batch_size = len(batch.global_crops), batch.batch_size
         globals_ = torch.cat(batch.global_crops)  # (G*B, C, H, W)
         self.log_skipped(batch.num_skipped)
-        teacher_backbone: Any = self.teacher["backbone"]
         student_backbone: Any = self.student["backbone"]
+        indices = batch.mask_indices
+        assert indices is not None  # derived from masks by MultiCropBatch
 
-        with torch.no_grad():
-            teacher_out = teacher_backbone.forward_features(globals_)
-            teacher_cls_logits = self.teacher["head"](teacher_out["x_norm_clstoken"])  # (G*B, K)
-            teacher_patch_logits = self.patch_head(self.teacher)(
-                teacher_out["x_norm_patchtokens"]
-            )  # (G*B, N, K')
-            cls_temp, patch_temp = self.current_teacher_temps()
-            teacher_cls_probs_all = self.cls_centering.probs(teacher_cls_logits, cls_temp)  # (G*B, K)
-            teacher_cls_probs = teacher_cls_probs_all.chunk(num_global)
-            # The center moves with every patch token's logits, but targets are needed only where the
-            # student was masked: the probabilities of the (M, K') gathered rows (per-row softmax, so the
-            # same values), never of all (G*B, N, K'). The centers are updated now (the probabilities
-            # used the previous ones) so that no teacher logits stay alive through the student's pass.
-            indices = batch.mask_indices
-            assert indices is not None  # derived from masks by MultiCropBatch
-            teacher_patch_probs = self.patch_centering.probs(
-                gather_masked(teacher_patch_logits, indices), patch_temp
-            )  # (M, K')
-            self.cls_centering.update(teacher_cls_logits)
-            self.patch_centering.update(teacher_patch_logits.flatten(0, 1))
-            # A copy: a view would keep the whole normalised teacher output alive past the `del`.
-            features = teacher_out["x_norm_clstoken"][:batch_size].clone()
-            del teacher_out, teacher_cls_logits, teacher_patch_logits
+        cls_temp, patch_temp = self.current_teacher_temps()
+        # iBOT's patch center moves with every patch token's logits; targets only where the student is
+        # masked.
+        targets = teacher_targets(
+            self.teacher["backbone"],
+            self.teacher["head"],
+            self.patch_head(self.teacher),
+            self.cls_centering,
+            self.patch_centering,
+            globals_,
+            indices,
+            (cls_temp, patch_temp),
+            batch_size,
+            update_with_all_patches=True,
+        )
 
         student_out, student_cls = student_crop_features(
             student_backbone, globals_, batch.masks, batch.local_crops
@@ -147,9 +153,9 @@ class IBOT(TeacherStudentModule):
             gather_masked(student_out["x_norm_patchtokens"], indices)
         )
 
-        cls_loss = self.dino_loss(list(student_cls_logits), list(teacher_cls_probs))
+        cls_loss = self.dino_loss(list(student_cls_logits), list(targets.cls_probs.chunk(num_global)))
         patch_loss = self.patch_loss.forward_masked(
-            student_masked_logits, teacher_patch_probs, batch.masks, indices
+            student_masked_logits, targets.patch_probs, batch.masks, indices
         )
         loss = self.cls_weight * cls_loss + self.patch_weight * patch_loss
 
@@ -158,6 +164,6 @@ class IBOT(TeacherStudentModule):
         # teacher_probs: the CLS targets the loss saw, read by sslvit.callbacks.HealthMonitor.
         return {
             "loss": loss,
-            "features": features,
-            "teacher_probs": teacher_cls_probs_all,
+            "features": targets.features,
+            "teacher_probs": targets.cls_probs,
         }

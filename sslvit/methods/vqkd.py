@@ -9,18 +9,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from sslvit.backbones.feature_teacher import FeatureTeacher
 from sslvit.backbones.masked_vit import MaskedViT
 from sslvit.data.batch import MultiCropBatch
-from sslvit.methods.base import TeacherStudentModule
-from sslvit.methods.feature_teacher import FeatureTeacher
 from sslvit.methods.optim_config import OptimConfig
+from sslvit.methods.vit_pretraining import ViTPretrainingModule
 from sslvit.tokenizers.io import TOKENIZER_KEY, save_tokenizer, tokenizer_record
 from sslvit.tokenizers.vqkd import VQKD, cosine_reconstruction_loss
 from sslvit.utils.codebook_stats import usage_and_perplexity
 from sslvit.utils.fsdp import unwrapped_name
 
 
-class VQKDTraining(TeacherStudentModule):
+class VQKDTraining(ViTPretrainingModule):
     """Vector-quantised knowledge distillation (Peng et al., 2022, "BEiT v2", arXiv:2208.06366, §2.2).
 
     The tokenizer (:class:`~sslvit.tokenizers.vqkd.VQKD`: encoder, code projection, EMA codebook,
@@ -30,9 +30,9 @@ class VQKDTraining(TeacherStudentModule):
 
     On the base: ``self.student`` holds the tokenizer's parts (``backbone`` = encoder, ``encode_proj``,
     ``quantizer``, ``decoder``, ``decode_proj``; the same module objects as :attr:`tokenizer`, so the
-    checkpoint's ``student.*`` keys are the tokenizer's state dict); ``self.teacher["backbone"]`` is the
-    frozen feature teacher (the base's ``set_frozen_teacher``: no EMA, no momentum schedule). Parameter
-    groups, lr / wd schedules and clipping are the base's. ``forward(images)`` gives the encoder's
+    checkpoint's ``student.*`` keys are the tokenizer's state dict); :attr:`feature_teacher` is the
+    frozen feature teacher, a building block (no gradient, always in eval mode). Parameter groups, lr /
+    wd schedules and clipping are the base's. ``forward(images)`` gives the encoder's
     mean-pooled patch features (for evaluation callbacks; the teacher's would not change in training).
 
     Stage 2 reads the tokenizer from ``<run dir>/tokenizer.pt``, written at the end of fit in the format
@@ -46,7 +46,7 @@ class VQKDTraining(TeacherStudentModule):
     Args:
         backbone: the tokenizer encoder (a ``MaskedViT``; ViT-B/16 in the paper).
         optim: optimiser and schedules (paper: AdamW (0.9, 0.99), lr 5e-5 per 128 images, wd 1e-4).
-        teacher: the frozen :class:`~sslvit.methods.feature_teacher.FeatureTeacher`.
+        teacher: the frozen :class:`~sslvit.backbones.feature_teacher.FeatureTeacher`.
         num_codes / code_dim: codebook size and entry dimension (8192 x 32).
         decay: codebook EMA decay (0.99).
         kmeans_init / kmeans_iters: k-means initialisation on the first batch (on, 10 iterations).
@@ -102,7 +102,7 @@ class VQKDTraining(TeacherStudentModule):
             if name != "backbone":
                 self.student[name] = child
         self._tokenizer = (tokenizer,)  # a tuple: not registered twice, shares every child with student
-        self.set_frozen_teacher(backbone=teacher)  # the base's frozen, non-EMA teacher slot
+        self.feature_teacher = self.keep_frozen(teacher)
         self.commitment_weight = float(commitment_weight)
         if usage_window < 1:
             raise ValueError(f"usage_window must be >= 1, got {usage_window}")
@@ -112,11 +112,6 @@ class VQKDTraining(TeacherStudentModule):
     @property
     def tokenizer(self) -> VQKD:
         return self._tokenizer[0]
-
-    @property
-    def feature_teacher(self) -> FeatureTeacher:
-        assert self.teacher is not None
-        return self.teacher["backbone"]  # type: ignore[return-value]
 
     # ------------------------------------------------------------------------------- optimiser
     def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:

@@ -30,7 +30,7 @@ __all__ = ["TOKENIZER_KEY", "load_tokenizer", "save_tokenizer", "tokenizer_recor
 
 _FORMATS = ("auto", "sslvit", "dalle")
 # Where a stage-1 Lightning checkpoint keeps the tokenizer's weights: DVAETraining holds it as
-# `tokenizer`, VQKDTraining shares its children with the base's `student` (next to a frozen `teacher`).
+# `tokenizer`, VQKDTraining shares its children with its `student` (next to its frozen `feature_teacher`).
 _STAGE1_PREFIXES = ("tokenizer.", "student.")
 
 

@@ -61,10 +61,10 @@ def test_stage_one_checkpoint_feeds_stage_two(tmp_path):
     stage2 = train(cfg)
     metrics = stage2["metrics"]
     assert 0 < metrics["train/mim_loss"] < 1e3 and "val/knn_top1" in metrics
-    assert "sched/momentum" not in metrics  # a frozen tokenizer teacher: no EMA schedule
+    assert "sched/momentum" not in metrics  # a frozen tokenizer, no EMA teacher: no momentum schedule
     state = torch.load(stage2["checkpoints"]["last"], weights_only=True)["state_dict"]
     for name, value in from_ckpt.state_dict().items():  # the tokenizer did not move
-        assert torch.equal(state[f"teacher.tokenizer.{name}"], value), name
+        assert torch.equal(state[f"tokenizer.{name}"], value), name
 
 
 def _beit(tokenizer_downsample: int) -> BEiT:
@@ -81,9 +81,10 @@ def test_tokenizer_grid_must_match_the_patch_grid():
     assert targets.shape == (2, 16) and targets.max() < 8
     with pytest.raises(ValueError, match=r"tokenizer\.downsample=2"):
         model.target_ids(torch.rand(2, 3, 16, 16), (4, 4))  # a view sized for another tokenizer
-    assert not model.teacher.training and not any(p.requires_grad for p in model.teacher.parameters())
+    model.train()
+    assert not model.tokenizer.training and not any(p.requires_grad for p in model.tokenizer.parameters())
     optimized = {id(p) for g in model.configure_optimizers().param_groups for p in g["params"]}
-    assert not optimized & {id(p) for p in model.teacher.parameters()}
+    assert not optimized & {id(p) for p in model.tokenizer.parameters()}
     assert model(torch.rand(3, 3, 16, 16)).shape == (3, 24)  # evaluation features: mean patch token
 
 

@@ -8,10 +8,11 @@ import torch
 from hydra.utils import instantiate
 from toys import TINY, compose_train_cfg, tiny_backbone
 
-from sslvit.methods.feature_teacher import FeatureTeacher, load_feature_teacher
+from sslvit.backbones.feature_teacher import FeatureTeacher
 from sslvit.tokenizers.io import load_tokenizer
 from sslvit.tokenizers.vqkd import VQKD
 from sslvit.train import train
+from sslvit.utils.feature_teacher_loader import load_feature_teacher
 
 TINY_VQKD = [
     "backbone=vit_test",
@@ -68,7 +69,7 @@ def test_teacher_is_the_checkpoint_teacher_and_stays_frozen(dino_checkpoint, tmp
     cfg = compose_train_cfg(tmp_path, [*TINY_VQKD, f"teacher.path={dino_checkpoint}"])
     model = instantiate(cfg.method, backbone=instantiate(cfg.backbone))
     ckpt = torch.load(dino_checkpoint, weights_only=True)["state_dict"]
-    teacher = model.teacher["backbone"].model
+    teacher = model.feature_teacher.model
     for name, value in teacher.state_dict().items():
         assert torch.equal(value, ckpt[f"teacher.backbone.{name}"]), name
     assert all(not p.requires_grad for p in teacher.parameters())

@@ -20,13 +20,13 @@ from toys import TINY, compose_train_cfg, loader, multicrop_batches, tiny_dino
 
 from sslvit.callbacks import AtomicModelCheckpoint, FiniteLossGuard, NonFiniteLossError
 from sslvit.evaluate import load_backbone
-from sslvit.methods.feature_teacher import load_feature_teacher
 from sslvit.tokenizers import DVAE, load_tokenizer
 from sslvit.tokenizers.io import tokenizer_record
 from sslvit.train import init_backbones, train
 from sslvit.utils import atomic_write
 from sslvit.utils.atomic_write import atomic_torch_save
 from sslvit.utils.checkpoint_io import AtomicCheckpointIO
+from sslvit.utils.feature_teacher_loader import load_feature_teacher
 from sslvit.utils.resume import check_resume_checkpoint, resolve_ckpt_path
 
 

@@ -14,10 +14,10 @@ from toys import CONF_DIR, TINY, compose_train_cfg, tiny_dino
 
 from sslvit.config import register_resolvers
 from sslvit.evaluate import load_backbone
-from sslvit.methods.feature_teacher import load_feature_teacher
 from sslvit.tokenizers import DVAE, load_tokenizer
 from sslvit.tokenizers.io import tokenizer_record
 from sslvit.train import init_backbones, train
+from sslvit.utils.feature_teacher_loader import load_feature_teacher
 from sslvit.utils.safe_config import (
     BUILDABLE_TARGETS,
     TOKENIZER_TARGETS,
