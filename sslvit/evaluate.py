@@ -33,7 +33,7 @@ from sslvit.train import output_dir_of
 from sslvit.utils.atomic_write import atomic_write_json
 from sslvit.utils.checkpoint import load_backbone_weights
 from sslvit.utils.checkpoint_reader import RUN_CONFIG_KEY
-from sslvit.utils.config_errors import building
+from sslvit.utils.config_errors import building, reading_files
 from sslvit.utils.matmul_precision import set_float32_matmul_precision
 from sslvit.utils.safe_config import instantiate_stored
 
@@ -110,7 +110,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     torch.manual_seed(seed)
     set_float32_matmul_precision(cfg.get("float32_matmul_precision"))
     overrides = OmegaConf.to_container(cfg.backbone, resolve=True) if cfg.get("backbone") else {}
-    backbone, run_cfg, imported = load_backbone(cfg.checkpoint, overrides)  # type: ignore[arg-type]
+    with reading_files():  # a missing, truncated, unsafe or crafted checkpoint: one line
+        backbone, run_cfg, imported = load_backbone(cfg.checkpoint, overrides)  # type: ignore[arg-type]
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
     device = "cpu" if device == "auto" else device
     output_dir = output_dir_of(cfg)

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sslvit.utils.config_errors import ConfigError
+
 # Each class under its public name and under the module that defines it (``__module__.__qualname__``).
 BUILDABLE_TARGETS: frozenset[str] = frozenset(
     {
@@ -70,8 +72,11 @@ TOKENIZER_TARGETS: frozenset[str] = frozenset(
 _REFUSED_KEYS = ("_args_", "_partial_")
 
 
-class UnsafeConfigError(ValueError):
-    """A stored config names something that is not on the allow-list; nothing has been built."""
+class UnsafeConfigError(ConfigError):
+    """A stored config names something that is not on the allow-list; nothing has been built.
+
+    A :class:`ConfigError` (a ``ValueError``): the command line reports it as one line.
+    """
 
 
 def check_stored_config(

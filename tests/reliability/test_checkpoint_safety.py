@@ -26,6 +26,7 @@ from sslvit.train import init_backbones, train
 from sslvit.utils import atomic_write
 from sslvit.utils.atomic_write import atomic_torch_save
 from sslvit.utils.checkpoint_io import AtomicCheckpointIO
+from sslvit.utils.config_errors import ConfigError
 from sslvit.utils.feature_teacher_loader import load_feature_teacher
 from sslvit.utils.resume import check_resume_checkpoint, resolve_ckpt_path
 
@@ -323,3 +324,17 @@ def test_ckpt_path_last_and_auto_pick_the_newest_complete_checkpoint(tmp_path):
     assert resolve_ckpt_path(str(sharded), tmp_path) == str(sharded)
     with pytest.raises(FileNotFoundError, match=r"nope\.ckpt does not exist"):
         resolve_ckpt_path(str(tmp_path / "nope.ckpt"), tmp_path)
+
+
+def test_command_line_files_fail_as_configuration_errors(tmp_path):
+    """train.py / eval.py print a ConfigError as one line without a traceback: a foreign ckpt_path= file
+    and a truncated init_from= file are ConfigErrors by the time they leave train()."""
+    other = _tiny_run_model(["backbone.embed_dim=64"], tmp_path)
+    path = tmp_path / "wider.ckpt"
+    atomic_torch_save({"state_dict": other.state_dict(), "global_step": 1, "epoch": 0}, path)
+    with pytest.raises(ConfigError, match="does not fit this run's model"):
+        _ckpt_path(path, tmp_path)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ConfigError, match="is truncated"):
+        train(compose_train_cfg(tmp_path / "init", [*TINY, "callbacks=none", f"init_from={cut}"]))
