@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sslvit.losses.soft_cross_entropy import soft_cross_entropy
+from sslvit.losses.soft_cross_entropy import positive_temperature, soft_cross_entropy
 from sslvit.utils.masked_tokens import gather_masked, true_indices
 
 
@@ -26,9 +26,7 @@ class IBOTPatchLoss(nn.Module):
 
     def __init__(self, student_temp: float = 0.1) -> None:
         super().__init__()
-        if not student_temp > 0:  # it divides the logits
-            raise ValueError(f"student_temp must be > 0, got {student_temp}")
-        self.student_temp = student_temp
+        self.student_temp = positive_temperature(student_temp)
 
     def forward(
         self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, masks: torch.Tensor

@@ -71,3 +71,10 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature:
     if logits.shape != targets.shape or logits.dim() != 2:
         raise ValueError(f"logits and targets must both be (rows, K), got {logits.shape} and {targets.shape}")
     return _SoftCrossEntropy.apply(logits, targets.detach(), temperature)
+
+
+def positive_temperature(value: float, name: str = "student_temp") -> float:
+    """``value`` if it can divide logits, else one ``ValueError`` naming ``name`` (for constructors)."""
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value

@@ -10,13 +10,12 @@ from torch import nn
 from sslvit.data.batch import MultiCropBatch
 from sslvit.heads import DINOHead
 from sslvit.losses import Centering, DINOLoss
-from sslvit.methods.ema_teacher import EMATeacher
 from sslvit.methods.multicrop import cat_by_resolution
 from sslvit.methods.optim_config import OptimConfig
-from sslvit.methods.vit_pretraining import ViTPretrainingModule
+from sslvit.methods.self_distillation import SelfDistillationModule
 
 
-class DINO(ViTPretrainingModule):
+class DINO(SelfDistillationModule):
     """Self-distillation with no labels (Caron et al., 2021, arXiv:2104.14294).
 
     The student sees every crop, the EMA teacher only the global crops; the student's distribution on
@@ -63,24 +62,12 @@ class DINO(ViTPretrainingModule):
         self.student["head"] = DINOHead(
             self.embed_dim, out_dim, hidden_dim, bottleneck_dim, head_layers, norm_last_layer, use_bn_in_head
         )
-        self.teacher = EMATeacher(self.student, momentum_teacher, momentum_teacher_end)
+        self.build_teacher(momentum_teacher, momentum_teacher_end)
         self.centering = Centering(out_dim, center_momentum)
         self.dino_loss = DINOLoss(student_temp)
         self.teacher_temp = teacher_temp
         self.warmup_teacher_temp = warmup_teacher_temp
         self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
-
-    # ------------------------------------------------------------------------------- EMA teacher
-    def method_schedules(self, step: int) -> dict[str, float]:
-        return {"momentum": self.teacher.momentum(step, self.total_steps)}
-
-    def on_optimizer_step_done(self, values: dict[str, float]) -> None:
-        # Not at all after a step the step guard skipped (decided on the device).
-        self.teacher.ema_update(self.student, values["momentum"], self.step_guard.applied)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,C,H,W) images -> (B,D) teacher CLS features (evaluation features)."""
-        return self.teacher["backbone"](images)
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
         head: DINOHead = self.student["head"]  # type: ignore[assignment]

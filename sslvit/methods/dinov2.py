@@ -10,15 +10,14 @@ from torch import nn
 from sslvit.data.batch import MultiCropBatch
 from sslvit.heads import DINOHead
 from sslvit.losses import Centering, DINOLoss, IBOTPatchLoss, KoLeoLoss, SinkhornKnopp
-from sslvit.methods.ema_teacher import EMATeacher
 from sslvit.methods.multicrop import student_crop_features
 from sslvit.methods.optim_config import OptimConfig
+from sslvit.methods.self_distillation import SelfDistillationModule
 from sslvit.methods.teacher_targets import teacher_targets
-from sslvit.methods.vit_pretraining import ViTPretrainingModule
 from sslvit.utils.masked_tokens import gather_masked
 
 
-class DINOv2(ViTPretrainingModule):
+class DINOv2(SelfDistillationModule):
     """Learning robust visual features without supervision (Oquab et al., 2024, arXiv:2304.07193).
 
     Composes three blocks: DINO's cross-view loss on the CLS token (its own head), iBOT's masked-patch
@@ -67,7 +66,7 @@ class DINOv2(ViTPretrainingModule):
         head_args = (hidden_dim, bottleneck_dim, head_layers, True)
         self.student["dino_head"] = DINOHead(self.embed_dim, out_dim, *head_args)
         self.student["ibot_head"] = DINOHead(self.embed_dim, patch_out_dim, *head_args)
-        self.teacher = EMATeacher(self.student, momentum_teacher, momentum_teacher_end)
+        self.build_teacher(momentum_teacher, momentum_teacher_end)
         if teacher_targets == "sinkhorn_knopp":
             self.cls_targets: SinkhornKnopp | Centering = SinkhornKnopp(sinkhorn_iterations)
             self.patch_targets: SinkhornKnopp | Centering = SinkhornKnopp(sinkhorn_iterations)
@@ -82,18 +81,6 @@ class DINOv2(ViTPretrainingModule):
         self.teacher_temps = (warmup_teacher_temp, teacher_temp)
         self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
         self.weights = {"dino": dino_weight, "ibot": ibot_weight, "koleo": koleo_weight}
-
-    # ------------------------------------------------------------------------------- EMA teacher
-    def method_schedules(self, step: int) -> dict[str, float]:
-        return {"momentum": self.teacher.momentum(step, self.total_steps)}
-
-    def on_optimizer_step_done(self, values: dict[str, float]) -> None:
-        # Not at all after a step the step guard skipped (decided on the device).
-        self.teacher.ema_update(self.student, values["momentum"], self.step_guard.applied)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,C,H,W) images -> (B,D) teacher CLS features (evaluation features)."""
-        return self.teacher["backbone"](images)
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
         heads = [self.student["dino_head"], self.student["ibot_head"]]

@@ -10,15 +10,14 @@ from torch import nn
 from sslvit.data.batch import MultiCropBatch
 from sslvit.heads import DINOHead
 from sslvit.losses import Centering, DINOLoss, IBOTPatchLoss
-from sslvit.methods.ema_teacher import EMATeacher
 from sslvit.methods.multicrop import student_crop_features
 from sslvit.methods.optim_config import OptimConfig
+from sslvit.methods.self_distillation import SelfDistillationModule
 from sslvit.methods.teacher_targets import teacher_targets
-from sslvit.methods.vit_pretraining import ViTPretrainingModule
 from sslvit.utils.masked_tokens import gather_masked
 
 
-class IBOT(ViTPretrainingModule):
+class IBOT(SelfDistillationModule):
     """Image BERT pre-training with an online tokenizer (Zhou et al., 2022, arXiv:2111.07832).
 
     DINO's cross-view loss on the CLS token (``L_cls``) plus masked image modelling as self-distillation
@@ -77,7 +76,7 @@ class IBOT(ViTPretrainingModule):
         self.student["head"] = DINOHead(self.embed_dim, out_dim, *head_args)
         if not shared_head:
             self.student["patch_head"] = DINOHead(self.embed_dim, patch_out_dim, *head_args)
-        self.teacher = EMATeacher(self.student, momentum_teacher, momentum_teacher_end)
+        self.build_teacher(momentum_teacher, momentum_teacher_end)
         self.cls_centering = Centering(out_dim, center_momentum)
         self.patch_centering = Centering(patch_out_dim, center_momentum)
         self.dino_loss = DINOLoss(student_temp)
@@ -90,18 +89,6 @@ class IBOT(ViTPretrainingModule):
 
     def patch_head(self, network: nn.ModuleDict) -> nn.Module:
         return network["head"] if self.shared_head else network["patch_head"]
-
-    # ------------------------------------------------------------------------------- EMA teacher
-    def method_schedules(self, step: int) -> dict[str, float]:
-        return {"momentum": self.teacher.momentum(step, self.total_steps)}
-
-    def on_optimizer_step_done(self, values: dict[str, float]) -> None:
-        # Not at all after a step the step guard skipped (decided on the device).
-        self.teacher.ema_update(self.student, values["momentum"], self.step_guard.applied)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,C,H,W) images -> (B,D) teacher CLS features (evaluation features)."""
-        return self.teacher["backbone"](images)
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
         heads = (
