@@ -60,7 +60,7 @@ def build_datamodule(args: argparse.Namespace, folder: Path) -> Any:
         "data=folder",
         f"data.root={folder}",
         "data.labelled=false",
-        f"data.patch_size={args.patch}",
+        f"backbone.patch_size={args.patch}",
         f"data.batch_size={args.batch}",
         f"data.transform.global_crop_size={args.global_size}",
         f"data.transform.local_crop_size={args.local_size}",

@@ -34,8 +34,9 @@ class SSLDataModule(L.LightningDataModule):
             with a ``collate_fn(samples, mask_fn=, patch_size=)`` attribute for its outputs.
         batch_size: per-device pretraining batch size.
         num_workers: DataLoader worker processes (0 = load in the main process).
-        patch_size: backbone patch size; crop sizes must be multiples of it and masks use the grid
-            ``global_crop_size // patch_size``.
+        patch_size: the backbone's patch size; crop sizes must be multiples of it and masks use the
+            grid ``global_crop_size // patch_size``. None without a ViT (a pixel tokenizer's training):
+            no grid, so no masks.
         eval_train_set: labelled dataset for the k-NN bank / probe training, or None.
         eval_val_set: labelled dataset for the k-NN queries / probe evaluation, or None.
         eval_transform: deterministic ``image -> tensor``; required when an evaluation set is given.
@@ -61,7 +62,7 @@ class SSLDataModule(L.LightningDataModule):
         transform: Callable[[Any], Any],
         batch_size: int,
         num_workers: int,
-        patch_size: int,
+        patch_size: int | None,
         eval_train_set: ImageDataset | None = None,
         eval_val_set: ImageDataset | None = None,
         eval_transform: Callable[[Any], torch.Tensor] | None = None,
@@ -79,14 +80,19 @@ class SSLDataModule(L.LightningDataModule):
         on_bad_image: str | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or eval_batch_size < 1 or num_workers < 0 or patch_size < 1:
+        if (
+            batch_size < 1
+            or eval_batch_size < 1
+            or num_workers < 0
+            or (patch_size is not None and patch_size < 1)
+        ):
             raise ValueError(
                 f"need batch_size, eval_batch_size, patch_size >= 1 and num_workers >= 0, got {batch_size}, "
                 f"{eval_batch_size}, {patch_size}, {num_workers}"
             )
         for name in ("global_crop_size", "local_crop_size"):
             size = getattr(transform, name, None)
-            if size is not None and size % patch_size:
+            if size is not None and patch_size is not None and size % patch_size:
                 raise ValueError(f"transform {name}={size} is not a multiple of patch_size={patch_size}")
         if (eval_train_set is not None or eval_val_set is not None) and eval_transform is None:
             raise ValueError("evaluation datasets were given without an eval_transform")
@@ -99,7 +105,7 @@ class SSLDataModule(L.LightningDataModule):
             train_set.decode_max_side = plan.max_side
         self._batch_size = int(batch_size)
         self.num_workers = int(num_workers)
-        self.patch_size = int(patch_size)
+        self.patch_size = None if patch_size is None else int(patch_size)
         self.eval_sets = {"train": eval_train_set, "val": eval_val_set}
         self.eval_samples = {"train": eval_train_samples, "val": eval_val_samples}
         self.eval_transform = eval_transform
