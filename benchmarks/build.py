@@ -80,7 +80,7 @@ def compose_cfg(spec: RunSpec, device: torch.device) -> DictConfig:
         "callbacks=none",
         f"trainer={'gpu' if device.type == 'cuda' else 'cpu'}",
         f"trainer.precision={PRECISIONS[spec.precision]}",
-        f"data.patch_size={spec.patch}",
+        f"backbone.patch_size={spec.patch}",
         f"data.batch_size={spec.batch}",
         f"data.transform.global_crop_size={spec.global_size}",
         f"data.transform.local_crop_size={spec.local_size}",
@@ -123,7 +123,7 @@ def synthetic_batch(cfg: DictConfig, device: torch.device, seed: int = 0) -> Mul
     masks = mask_indices = None
     if cfg.data.get("masking") is not None:
         generator = instantiate(cfg.data.masking, seed=seed)
-        grid = int(t.global_crop_size) // int(cfg.data.patch_size)
+        grid = int(t.global_crop_size) // int(cfg.backbone.patch_size)
         cpu_masks = torch.as_tensor(generator(num_global * b, (grid, grid)))
         # As the loader's collate does: the masked positions are found on the CPU, not in the step.
         masks, mask_indices = cpu_masks.to(device), true_indices(cpu_masks).to(device)

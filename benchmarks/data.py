@@ -36,6 +36,7 @@ from benchmarks.timing import median_ms
 from sslvit.config import register_resolvers
 from sslvit.data.batch import CropSourceBatch
 from sslvit.data.transforms.device_crops import crop_sources
+from sslvit.data.transforms.train_transform import DEVICE_STAGES
 
 
 def write_synthetic_jpegs(
@@ -60,16 +61,14 @@ def build_datamodule(args: argparse.Namespace, folder: Path) -> Any:
         "data=folder",
         f"data.root={folder}",
         "data.labelled=false",
-        f"data.patch_size={args.patch}",
+        f"backbone.patch_size={args.patch}",
         f"data.batch_size={args.batch}",
         f"data.transform.global_crop_size={args.global_size}",
         f"data.transform.local_crop_size={args.local_size}",
         f"data.transform.num_local_crops={args.num_local}",
         "data.persistent_workers=false",
         "data.pin_memory=null",  # pinned on a GPU machine, as in training
-        f"data.transform.photometric_on_device={str(args.photometric_on_device).lower()}",
-        f"data.transform.crops_on_device={str(args.crops_on_device).lower()}",
-        f"data.transform.normalize_on_device={str(not args.normalize_on_host).lower()}",
+        f"data.transform.device_stage={args.device_stage}",
     ]
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -113,7 +112,7 @@ def batch_tensors(batch: Any) -> list[torch.Tensor]:
 def time_transfer(batch: Any, repeats: int = 10) -> dict[str, Any]:
     """MB of one loader batch, and on CUDA the median ms to copy it there from pinned memory with
     ``non_blocking`` (as Lightning does with ``pin_memory``). uint8 crops are also timed as float32, which
-    is what the workers hand over when they normalise (``normalize_on_device=false``)."""
+    is what the workers hand over when they normalise (``device_stage=none``)."""
     tensors = batch_tensors(batch)
     crops = [t for t in tensors if t.dtype == torch.uint8 and t.ndim == 4]
     nbytes = sum(t.nbytes for t in tensors)
@@ -136,16 +135,16 @@ def time_transfer(batch: Any, repeats: int = 10) -> dict[str, Any]:
     return row
 
 
-def time_device_stage(datamodule: Any, loaded: Any, repeats: int = 10) -> dict[str, Any]:
+def time_device_ops(datamodule: Any, loaded: Any, repeats: int = 10) -> dict[str, Any]:
     """Median ms of what runs on the device for the ``loaded`` batch (crops if they are cut there,
     photometric ops, the normalisation), on CUDA if present, else the CPU."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch = move_data_to_device(loaded, device)
-    stage = datamodule.transform.device_stage
+    device_ops = datamodule.transform.device_ops
 
     def run() -> None:
         crops = crop_sources(batch) if isinstance(batch, CropSourceBatch) else batch
-        stage(crops.global_crops, crops.local_crops)
+        device_ops(crops.global_crops, crops.local_crops)
 
     ms = median_ms(run, device.type, repeats, warmup=2)
     return {"device": device.type, "ms_per_batch": ms, "img_per_s": batch.batch_size / (ms / 1e3)}
@@ -166,19 +165,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-local", type=int, default=8)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument(
-        "--photometric-on-device",
-        action="store_true",
-        help="workers crop and flip only (data.transform.photometric_on_device); times the device stage",
-    )
-    p.add_argument(
-        "--crops-on-device",
-        action="store_true",
-        help="workers decode and draw boxes only (data.transform.crops_on_device); times the device stage",
-    )
-    p.add_argument(
-        "--normalize-on-host",
-        action="store_true",
-        help="workers hand over normalised float32 crops (data.transform.normalize_on_device=false)",
+        "--device-stage",
+        default="normalize",
+        choices=DEVICE_STAGES,
+        help="data.transform.device_stage: what runs per batch on the device (timed) instead of in the "
+        "workers; none = normalised float32 crops from the workers",
     )
     return p.parse_args(argv)
 
@@ -204,8 +195,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         datamodule.num_workers = 0
         loaded = next(iter(datamodule.train_dataloader()))  # one batch for the copy and the device stage
         transfer = time_transfer(loaded)
-        has_stage = datamodule.transform.device_stage is not None
-        device_stage = time_device_stage(datamodule, loaded) if has_stage else None
+        has_ops = datamodule.transform.device_ops is not None
+        device_ops = time_device_ops(datamodule, loaded) if has_ops else None
     report = {
         "folder": f"{args.synthetic} synthetic {args.synthetic_size} JPEGs"
         if args.synthetic
@@ -214,12 +205,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch": args.batch,
         "method": args.method,
         "crops": f"2x{args.global_size} + {args.num_local}x{args.local_size}",
-        "photometric_on_device": args.photometric_on_device or args.crops_on_device,
-        "crops_on_device": args.crops_on_device,
-        "normalize_on_device": not args.normalize_on_host,
+        "device_stage": args.device_stage,
         "rows": rows,
         "transfer": transfer,
-        "device_stage": device_stage,
+        "device_ops": device_ops,
     }
     print(f"{report['folder']}: batch {args.batch}, {report['crops']}, masks of {args.method}")
     print("| workers | first batch s | img/s |\n|---|---|---|")
@@ -231,10 +220,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         copy = transfer["copy_ms_float32_crops"]
         copy_text = "" if copy is None else f", {copy:.2f} ms"
         print(f"  (with float32 crops: {transfer['mb_per_batch_float32_crops']:.1f} MB{copy_text})")
-    if device_stage is not None:
+    if device_ops is not None:
         print(
-            f"device stage on {device_stage['device']}: {device_stage['ms_per_batch']:.1f} ms per batch "
-            f"({device_stage['img_per_s']:.0f} img/s)"
+            f"device stage on {device_ops['device']}: {device_ops['ms_per_batch']:.1f} ms per batch "
+            f"({device_ops['img_per_s']:.0f} img/s)"
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ python3 -m benchmarks.step "${step_args[@]}" --json "$out/step.json"
 jpegs=$(mktemp -d)
 trap 'rm -rf "$jpegs"' EXIT
 python3 -m benchmarks.data --synthetic "${N_JPEGS:-2048}" --folder "$jpegs" "${data_args[@]}" --json "$out/data.json"
-python3 -m benchmarks.data --folder "$jpegs" "${data_args[@]}" --photometric-on-device --json "$out/data_photometric.json"
-python3 -m benchmarks.data --folder "$jpegs" "${data_args[@]}" --crops-on-device --json "$out/data_crops.json"
+python3 -m benchmarks.data --folder "$jpegs" "${data_args[@]}" --device-stage photometric --json "$out/data_photometric.json"
+python3 -m benchmarks.data --folder "$jpegs" "${data_args[@]}" --device-stage crops --json "$out/data_crops.json"
 # The tables of docs/benchmarks.md from what was written (python -m benchmarks.report OUT_DIR --readme docs/benchmarks.md fills them).
 python3 -m benchmarks.report "$out" | tee "$out/report.md"

@@ -37,8 +37,8 @@ DIFFERENT_GPU_NOTE = {
 TABLE_LABEL = re.compile(r"^\w+ ViT-\w+/\d+ (optimised|baseline)(, packed crops)?$")
 LOADER_FILES = {
     "data.json": "the recipe in the workers, uint8 crops normalised on the device (default)",
-    "data_photometric.json": "`data.transform.photometric_on_device=true`",
-    "data_crops.json": "`data.transform.crops_on_device=true`",
+    "data_photometric.json": "`data.transform.device_stage=photometric`",
+    "data_crops.json": "`data.transform.device_stage=crops`",
 }
 
 
@@ -95,7 +95,7 @@ def loader_table(reports: dict[str, dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, report in reports.items():
         by_workers = {r["workers"]: r["img_per_s"] for r in report["rows"]}
-        stage = report.get("device_stage")
+        stage = report.get("device_ops")
         stage_cell = (
             f"{stage['ms_per_batch']:.1f} ({stage['img_per_s']:,.0f}), {stage['device']}" if stage else "—"
         )

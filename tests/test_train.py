@@ -133,14 +133,14 @@ def test_default_job_is_dino_with_its_fashion_mnist_values():
 
 
 def test_photometric_ops_on_the_device_train_end_to_end(tmp_path):
-    overrides = [*TINY, "trainer.fast_dev_run=true", "data.transform.photometric_on_device=true"]
+    overrides = [*TINY, "trainer.fast_dev_run=true", "data.transform.device_stage=photometric"]
     summary = train(compose_train_cfg(tmp_path, overrides))
     loss = summary["metrics"]["train/dino_loss"]
     assert loss == loss and loss > 0  # finite: the uint8 crops were finished (normalised) on the device
 
 
 def test_crops_cut_on_the_device_train_end_to_end(tmp_path):
-    overrides = [*TINY, "trainer.fast_dev_run=true", "method=dinov2", "data.transform.crops_on_device=true"]
+    overrides = [*TINY, "trainer.fast_dev_run=true", "method=dinov2", "data.transform.device_stage=crops"]
     summary = train(compose_train_cfg(tmp_path, overrides))
     loss = summary["metrics"]["train/dino_loss"]
     assert loss == loss and loss > 0  # finite: crops cut, jittered and normalised on the device

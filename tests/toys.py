@@ -47,7 +47,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 def build_vit(size: str, **overrides) -> MaskedViT:
     """The MaskedViT of conf/backbone/vit_<size>.yaml (where the sizes are defined), 224 px, patch 16
     unless ``overrides`` (any MaskedViT argument) say otherwise."""
-    data = {"patch_size": 16, "transform": {"global_crop_size": 224}}
+    data = {"transform": {"global_crop_size": 224}}
     backbone = OmegaConf.load(Path(CONF_DIR) / "backbone" / f"vit_{size}.yaml")
     return instantiate(OmegaConf.merge({"data": data}, {"backbone": backbone}).backbone, **overrides)
 
@@ -62,6 +62,7 @@ def vit_size(size: str) -> dict[str, int]:
 TINY = [
     "backbone=vit_test",
     "data=fake",
+    "backbone.patch_size=8",  # 32-px fake images -> a 4x4 patch grid (16-px local crops: 2x2)
     "trainer=cpu",
     "logger=csv",
     "trainer.enable_progress_bar=false",

@@ -117,7 +117,7 @@ class MaskedImageBatch(_DerivesMaskIndices):
 
 @dataclass
 class CropSourceBatch(_DerivesMaskIndices):
-    """Whole images and the multi-crop boxes to cut from them on the device (``crops_on_device``).
+    """Whole images and the multi-crop boxes to cut from them on the device (``device_stage="crops"``).
 
     ``sslvit.data.transforms.device_crops.crop_sources`` turns it into the :class:`MultiCropBatch` of uint8
     crops that the workers would otherwise have made; the DataModule does so after the transfer.

@@ -12,30 +12,32 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from sslvit.data.batch import CropSourceBatch, MultiCropBatch
-from sslvit.data.collate import MaskFn, collate_eval, collate_multicrop
+from sslvit.data.collate import MaskFn, collate_eval
 from sslvit.data.resumable import ResumableDataLoader, ResumableSampler, SeededCollate, SeededSamples
-from sslvit.data.transformed import ImageDataset, IndexedEvalDataset, TransformedDataset
+from sslvit.data.transformed import ImageDataset, IndexedEvalDataset, ReducedDecoding, TransformedDataset
 from sslvit.data.transforms.device_crops import crop_sources
+from sslvit.data.transforms.train_transform import TrainTransform
 from sslvit.utils.distributed import is_distributed, rank, world_size
 
 
 class SSLDataModule(L.LightningDataModule):
     """Multi-crop pretraining batches plus deterministic, labelled evaluation loaders.
 
-    ``train_dataloader`` yields :class:`~sslvit.data.batch.MultiCropBatch` (masks drawn in the workers
-    when ``masking`` is set), or whatever the transform's own ``collate_fn`` builds from its outputs
-    (single-crop transforms: :class:`~sslvit.data.batch.MaskedImageBatch`). Evaluation callbacks (k-NN,
+    ``train_dataloader`` yields the batches the transform's ``collate`` builds (masks drawn in the
+    workers when ``masking`` is set): :class:`~sslvit.data.batch.MultiCropBatch` from the multi-crop
+    transform, :class:`~sslvit.data.batch.MaskedImageBatch` from the single-crop ones. After a batch
+    reaches the training device, the transform's ``device_ops`` finish it. Evaluation callbacks (k-NN,
     linear probe) call :meth:`eval_dataloader`, which yields ``(images, labels, indices)`` from a fixed
     subset; there is no ``val_dataloader``.
 
     Args:
         train_set: pretraining dataset, ``[i] -> (PIL image, label) | None`` (labels may be -1).
-        transform: multi-crop transform, ``image -> (global crops, local crops)``, or any transform
-            with a ``collate_fn(samples, mask_fn=, patch_size=)`` attribute for its outputs.
+        transform: the pretraining transform (:class:`~sslvit.data.transforms.TrainTransform`).
         batch_size: per-device pretraining batch size.
         num_workers: DataLoader worker processes (0 = load in the main process).
-        patch_size: backbone patch size; crop sizes must be multiples of it and masks use the grid
-            ``global_crop_size // patch_size``.
+        patch_size: the backbone's patch size; crop sizes must be multiples of it and masks use the
+            grid ``global_crop_size // patch_size``. None without a ViT (a pixel tokenizer's training):
+            no grid, so no masks.
         eval_train_set: labelled dataset for the k-NN bank / probe training, or None.
         eval_val_set: labelled dataset for the k-NN queries / probe evaluation, or None.
         eval_transform: deterministic ``image -> tensor``; required when an evaluation set is given.
@@ -58,10 +60,10 @@ class SSLDataModule(L.LightningDataModule):
     def __init__(
         self,
         train_set: ImageDataset,
-        transform: Callable[[Any], Any],
+        transform: TrainTransform,
         batch_size: int,
         num_workers: int,
-        patch_size: int,
+        patch_size: int | None,
         eval_train_set: ImageDataset | None = None,
         eval_val_set: ImageDataset | None = None,
         eval_transform: Callable[[Any], torch.Tensor] | None = None,
@@ -79,27 +81,31 @@ class SSLDataModule(L.LightningDataModule):
         on_bad_image: str | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or eval_batch_size < 1 or num_workers < 0 or patch_size < 1:
+        if (
+            batch_size < 1
+            or eval_batch_size < 1
+            or num_workers < 0
+            or (patch_size is not None and patch_size < 1)
+        ):
             raise ValueError(
                 f"need batch_size, eval_batch_size, patch_size >= 1 and num_workers >= 0, got {batch_size}, "
                 f"{eval_batch_size}, {patch_size}, {num_workers}"
             )
-        for name in ("global_crop_size", "local_crop_size"):
-            size = getattr(transform, name, None)
-            if size is not None and size % patch_size:
+        for name, size in transform.crop_sizes.items():
+            if patch_size is not None and size % patch_size:
                 raise ValueError(f"transform {name}={size} is not a multiple of patch_size={patch_size}")
         if (eval_train_set is not None or eval_val_set is not None) and eval_transform is None:
             raise ValueError("evaluation datasets were given without an eval_transform")
+        # A transform that shrinks every image to a long side lets the JPEG decoder do most of that
+        # (DCT scaling), several times faster on large photos (docs/benchmarks.md); a copy, so the
+        # dataset given stays as it was.
+        if transform.decode_max_side is not None and isinstance(train_set, ReducedDecoding):
+            train_set = train_set.with_decode_max_side(transform.decode_max_side)
         self.train_set = train_set
         self.transform = transform
-        # crops_on_device shrinks every image to the plan's long side: let the JPEG decoder do most of
-        # that (DCT scaling), several times faster on large photos (README, Benchmarks).
-        plan = getattr(transform, "crop_plan", None)
-        if plan is not None and hasattr(train_set, "decode_max_side"):
-            train_set.decode_max_side = plan.max_side
         self._batch_size = int(batch_size)
         self.num_workers = int(num_workers)
-        self.patch_size = int(patch_size)
+        self.patch_size = None if patch_size is None else int(patch_size)
         self.eval_sets = {"train": eval_train_set, "val": eval_val_set}
         self.eval_samples = {"train": eval_train_samples, "val": eval_val_samples}
         self.eval_transform = eval_transform
@@ -138,8 +144,7 @@ class SSLDataModule(L.LightningDataModule):
                 f"train set has {len(self.train_set)} samples, fewer than batch_size={self.batch_size} "
                 "with drop_last=true: no batch would be produced"
             )
-        collate_fn = getattr(self.transform, "collate_fn", collate_multicrop)
-        collate = functools.partial(collate_fn, mask_fn=self.masking, patch_size=self.patch_size)
+        collate = functools.partial(self.transform.collate, mask_fn=self.masking, patch_size=self.patch_size)
         # A resumable loader: shuffled by (seed, epoch), augmentations seeded per sample, its position
         # stored in checkpoints, so a run resumed mid-epoch sees the batches of the uninterrupted run.
         # The order seed follows Lightning's convention for its own DistributedSampler (the global
@@ -161,18 +166,18 @@ class SSLDataModule(L.LightningDataModule):
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Finish multi-crop batches on the device: cut the crops, run the photometric ops left there."""
-        stage = getattr(self.transform, "device_stage", None)
-        if isinstance(batch, CropSourceBatch):  # crops_on_device: cut the crops here first
+        """Finish multi-crop batches on the device: cut the crops, run the ops the transform left there."""
+        device_ops = self.transform.device_ops
+        if isinstance(batch, CropSourceBatch):  # device_stage=crops: cut the crops here first
             batch = crop_sources(batch)
-        if stage is None or not isinstance(batch, MultiCropBatch):
+        if device_ops is None or not isinstance(batch, MultiCropBatch):
             return batch
         # Seeded by (global seed, epoch, batch of the epoch, rank): a resumed run redraws the same jitter.
         epoch, index = self._train_position()
         seed = hash((int(os.environ.get("PL_GLOBAL_SEED", 0)), epoch, index, rank())) % 2**62
         device = batch.global_crops[0].device
         generator = torch.Generator(device=device).manual_seed(seed)
-        batch.global_crops, batch.local_crops = stage(batch.global_crops, batch.local_crops, generator)
+        batch.global_crops, batch.local_crops = device_ops(batch.global_crops, batch.local_crops, generator)
         return batch
 
     def _train_position(self) -> tuple[int, int]:

@@ -33,7 +33,7 @@ def load_rgb(path: str | os.PathLike[str], max_side: int | None = None) -> Image
     With ``max_side``, a JPEG whose long side exceeds it is decoded at the smallest of 1/2, 1/4 or 1/8
     scale that keeps the long side at least ``max_side`` (the decoder's DCT scaling, Pillow's ``draft``):
     a 12 MP photo then decodes several times faster. For callers that shrink the image to ``max_side``
-    anyway (``crops_on_device``); other formats decode in full.
+    anyway (``device_stage="crops"``); other formats decode in full.
 
     Conversions:
         * ``L`` / ``1`` / ``CMYK`` / ``YCbCr`` / ...: Pillow's ``convert("RGB")``.

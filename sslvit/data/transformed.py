@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from PIL import Image
@@ -15,6 +15,15 @@ class ImageDataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int] | None: ...
+
+
+@runtime_checkable
+class ReducedDecoding(Protocol):
+    """A dataset that can decode its images at a reduced scale (for a transform that shrinks them)."""
+
+    def with_decode_max_side(self, max_side: int) -> ImageDataset:
+        """The same samples, decoded down to (not below) ``max_side`` on the long side where cheaper."""
+        ...
 
 
 class TransformedDataset(torch.utils.data.Dataset):

@@ -14,7 +14,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "backbone"
 
 
 def compose(name: str, **data_extra: object):
-    data = {"patch_size": 4, "transform": {"global_crop_size": 28}, **data_extra}
+    data = {"transform": {"global_crop_size": 28}, **data_extra}
     return OmegaConf.merge({"data": data}, {"backbone": OmegaConf.load(CONF / f"{name}.yaml")})
 
 
@@ -33,13 +33,15 @@ def test_config_sizes_are_the_published_ones(size: str) -> None:
     cfg = compose(f"vit_{size}")
     assert cfg.backbone._target_ == "sslvit.backbones.MaskedViT"
     assert (cfg.backbone.embed_dim, cfg.backbone.depth, cfg.backbone.num_heads) == SIZES[size]
-    assert cfg.backbone.patch_size == 4 and cfg.backbone.img_size == 28 and cfg.backbone.in_chans == 3
+    assert cfg.backbone.patch_size == 16 and cfg.backbone.img_size == 28 and cfg.backbone.in_chans == 3
     assert cfg.backbone.num_register_tokens == 0 and cfg.backbone.layerscale_init is None
 
 
 def test_instantiate_test_backbone_with_overrides() -> None:
     cfg = compose("vit_test", in_chans=1)
-    cfg.merge_with_dotlist(["backbone.num_register_tokens=4", "backbone.layerscale_init=1e-5"])
+    cfg.merge_with_dotlist(
+        ["backbone.patch_size=4", "backbone.num_register_tokens=4", "backbone.layerscale_init=1e-5"]
+    )
     vit = instantiate(cfg.backbone)
     assert isinstance(vit, MaskedViT)
     assert vit.num_register_tokens == 4 and vit.patch_size == 4

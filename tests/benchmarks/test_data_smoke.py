@@ -20,27 +20,24 @@ SMALL = ["--synthetic", "8", "--workers", "0", "--batches", "1", "--batch", "4",
 CROP_BYTES = 4 * (2 * 3 * 32 * 32 + 2 * 3 * 16 * 16)
 
 
-@pytest.mark.parametrize(
-    "on_device", [None, "--photometric-on-device", "--crops-on-device", "--normalize-on-host"]
-)
-def test_data_benchmark_reports_rows_transfer_and_the_device_stage(tmp_path, on_device):
+@pytest.mark.parametrize("stage", [None, "photometric", "crops", "none"])
+def test_data_benchmark_reports_rows_transfer_and_the_device_stage(tmp_path, stage):
     out = tmp_path / "data.json"
-    argv = [*SMALL, "--json", str(out)] + ([on_device] if on_device else [])
+    argv = [*SMALL, "--json", str(out)] + (["--device-stage", stage] if stage else [])
     report = data_bench.main(argv)
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     (row,) = report["rows"]
     assert row["workers"] == 0 and row["images"] == 4 and row["img_per_s"] > 0
-    assert report["crops_on_device"] == (on_device == "--crops-on-device")
-    assert report["normalize_on_device"] == (on_device != "--normalize-on-host")
+    assert report["device_stage"] == (stage or "normalize")
     transfer = report["transfer"]
     assert transfer["copy_ms"] is None  # no GPU here: bytes only
-    if on_device == "--normalize-on-host":  # normalised float32 crops: 4 bytes a value
-        assert report["device_stage"] is None
+    if stage == "none":  # normalised float32 crops: 4 bytes a value
+        assert report["device_ops"] is None
         assert 4 * CROP_BYTES < transfer["mb_per_batch"] * 1e6 < 4 * CROP_BYTES + 1000
         assert "mb_per_batch_float32_crops" not in transfer
     else:  # uint8 crops (or whole uint8 images), converted on the device
-        assert report["device_stage"]["ms_per_batch"] > 0 and report["device_stage"]["device"] == "cpu"
-    if on_device in (None, "--photometric-on-device"):
+        assert report["device_ops"]["ms_per_batch"] > 0 and report["device_ops"]["device"] == "cpu"
+    if stage in (None, "photometric"):
         assert CROP_BYTES < transfer["mb_per_batch"] * 1e6 < CROP_BYTES + 1000  # + labels, masks
         assert transfer["mb_per_batch_float32_crops"] * 1e6 == pytest.approx(
             transfer["mb_per_batch"] * 1e6 + 3 * CROP_BYTES
@@ -69,7 +66,7 @@ def test_device_check_script_writes_every_json(tmp_path):
     names = ["step.json", "data.json", "data_photometric.json", "data_crops.json"]
     reports = {name: json.loads((tmp_path / name).read_text()) for name in names}
     assert reports["step.json"]["rows"][0]["img_per_s"] > 0
-    assert reports["data_crops.json"]["crops_on_device"] and reports["data_crops.json"]["device_stage"]
+    assert reports["data_crops.json"]["device_stage"] == "crops" and reports["data_crops.json"]["device_ops"]
     # ... and ends with the benchmark tables made from them
     assert "<!-- bench:step -->" in (tmp_path / "report.md").read_text()
     assert "<!-- bench:loader -->" in (tmp_path / "report.md").read_text()

@@ -43,13 +43,13 @@ def write_folder(folder: Path) -> None:
             "rows": rows}  # fmt: skip
     (folder / "step.json").write_text(json.dumps(step))
     loader = {"folder": "8 synthetic 500x375 JPEGs", "images_in_folder": 8, "batch": 4, "method": "dinov2",
-              "crops": "2x224 + 8x98", "device_stage": None,
+              "crops": "2x224 + 8x98", "device_ops": None,
               "rows": [{"workers": 4, "img_per_s": 88.0}, {"workers": 8, "img_per_s": 170.0}],
               "transfer": {"mb_per_batch": 68.2, "copy_ms": 3.14, "mb_per_batch_float32_crops": 272.4,
                            "copy_ms_float32_crops": 11.92}}  # fmt: skip
     (folder / "data.json").write_text(json.dumps(loader))
     crops = {**loader, "rows": [{"workers": 8, "img_per_s": 1300.0}], "transfer": None,
-             "device_stage": {"device": "cuda", "ms_per_batch": 9.5, "img_per_s": 13474.0}}  # fmt: skip
+             "device_ops": {"device": "cuda", "ms_per_batch": 9.5, "img_per_s": 13474.0}}  # fmt: skip
     (folder / "data_crops.json").write_text(json.dumps(crops))
 
 
@@ -84,7 +84,7 @@ def test_blocks_split_table_rows_from_switch_rows(tmp_path: Path) -> None:
         "| the recipe in the workers, uint8 crops normalised on the device (default) | 88 | 170 "
         "| 68, 3.14 (float32 crops: 272, 11.92) | — |"
     )
-    assert loader[3] == "| `data.transform.crops_on_device=true` | — | 1,300 | — | 9.5 (13,474), cuda |"
+    assert loader[3] == "| `data.transform.device_stage=crops` | — | 1,300 | — | 9.5 (13,474), cuda |"
 
 
 def test_readme_blocks_are_rewritten_in_place(tmp_path: Path) -> None:

@@ -22,20 +22,31 @@ def _compose(*overrides):
 @pytest.mark.parametrize(
     ("name", "sizes"),
     [
-        ("fake", (32, 16, 2, 8)),
-        ("fashion_mnist", (28, 14, 4, 7)),
-        ("folder", (224, 96, 10, 16)),
-        ("imagenet", (224, 96, 10, 16)),
+        ("fake", (32, 16, 2)),
+        ("fashion_mnist", (28, 14, 4)),
+        ("folder", (224, 96, 10)),
+        ("imagenet", (224, 96, 10)),
     ],
 )
 def test_compose_keys(name, sizes):
     data = _compose(f"+data={name}").data
     transform = data.transform
-    assert (transform.global_crop_size, transform.local_crop_size, transform.num_local_crops) == sizes[:3]
-    assert data.patch_size == sizes[3]
+    assert (transform.global_crop_size, transform.local_crop_size, transform.num_local_crops) == sizes
+    assert data.patch_size is None  # the backbone's: none composed here
     assert data.masking is None  # data/masking=none writes data.masking, not data.masking.masking
-    assert transform.global_crop_size % data.patch_size == transform.local_crop_size % data.patch_size == 0
     assert data.eval_transform.size == transform.global_crop_size
+
+
+@pytest.mark.parametrize(
+    ("name", "patch_size"), [("fake", 16), ("fashion_mnist", 7), ("folder", 16), ("imagenet", 16)]
+)
+def test_crops_fit_the_default_backbones_patches(name, patch_size):
+    """The data set's crops are whole patch grids of the backbone a default run composes with it."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"data={name}", "++data.root=/data"])
+    transform = cfg.data.transform
+    assert cfg.backbone.patch_size == cfg.data.patch_size == patch_size
+    assert transform.global_crop_size % patch_size == transform.local_crop_size % patch_size == 0
 
 
 def test_fake_instantiates_and_loads():

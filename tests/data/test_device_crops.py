@@ -1,4 +1,4 @@
-"""crops_on_device: boxes drawn in the workers, crops cut on the device equal torchvision's PIL crops."""
+"""device_stage=crops: boxes drawn in the workers, crops cut on the device equal torchvision's PIL crops."""
 
 from __future__ import annotations
 
@@ -129,24 +129,24 @@ def test_flip_share_and_collate_drops_unreadable_samples_and_draws_masks() -> No
 
 def test_transform_switch_and_the_device_stage_make_the_usual_batch() -> None:
     torch.manual_seed(0)
-    transform = MultiCropTransform(32, 16, 3, crops_on_device=True, max_side=64)
-    assert transform.photometric_on_device and transform.device_stage is not None
-    batch = transform.collate_fn([(transform(photo(50, 70, s)), -1) for s in range(2)])
+    transform = MultiCropTransform(32, 16, 3, device_stage="crops", max_side=64)
+    assert transform.device_ops is not None and transform.decode_max_side == 64
+    batch = transform.collate([(transform(photo(50, 70, s)), -1) for s in range(2)])
     crops = crop_sources(batch)
     assert isinstance(crops, MultiCropBatch) and crops.batch_size == 2
     assert [tuple(c.shape) for c in crops.global_crops] == [(2, 3, 32, 32)] * 2
     assert [tuple(c.shape) for c in crops.local_crops] == [(2, 3, 16, 16)] * 3
-    globals_, locals_ = transform.device_stage(crops.global_crops, crops.local_crops)
+    globals_, locals_ = transform.device_ops(crops.global_crops, crops.local_crops)
     assert all(c.dtype == torch.float32 and c.abs().max() < 5 for c in globals_ + locals_)  # normalised
-    assert not hasattr(MultiCropTransform(32, 16, 3), "collate_fn")  # default: the usual collate
+    assert MultiCropTransform(32, 16, 3).crop_plan is None  # other stages: the usual crops and collate
 
 
 def test_datamodule_lets_the_jpeg_decoder_shrink_for_device_crops(tmp_path) -> None:
     from sslvit.data import ImageFolderDataset, SSLDataModule
 
     photo(40, 50, 0).save(tmp_path / "a.jpg")
-    for crops_on_device, expected in ((True, 64), (False, None)):
+    for stage, expected in (("crops", 64), ("photometric", None)):
         folder = ImageFolderDataset(tmp_path, labelled=False)
-        transform = MultiCropTransform(32, 16, 2, crops_on_device=crops_on_device, max_side=64)
-        SSLDataModule(train_set=folder, transform=transform, batch_size=1, num_workers=0, patch_size=8)
-        assert folder.decode_max_side == expected
+        transform = MultiCropTransform(32, 16, 2, device_stage=stage, max_side=64)
+        dm = SSLDataModule(train_set=folder, transform=transform, batch_size=1, num_workers=0, patch_size=8)
+        assert dm.train_set.decode_max_side == expected and folder.decode_max_side is None

@@ -1,4 +1,4 @@
-"""normalize_on_device: uint8 crops from the workers, normalised after the transfer, same values."""
+"""device_stage=normalize: uint8 crops from the workers, normalised after the transfer, same values."""
 
 from __future__ import annotations
 
@@ -26,23 +26,24 @@ def test_normalising_a_batch_equals_torchvision_per_image_bit_for_bit() -> None:
 
 
 def test_uint8_views_then_the_stage_equal_the_workers_floats() -> None:
-    on_host = MultiCropTransform(32, 16, 3, mean=MEAN, std=STD)
-    on_device = MultiCropTransform(32, 16, 3, mean=MEAN, std=STD, normalize_on_device=True)
-    assert on_host.device_stage is None and isinstance(on_device.device_stage, DeviceNormalize)
+    on_host = MultiCropTransform(32, 16, 3, mean=MEAN, std=STD, device_stage="none")
+    on_device = MultiCropTransform(32, 16, 3, mean=MEAN, std=STD, device_stage="normalize")
+    assert on_host.device_ops is None and isinstance(on_device.device_ops, DeviceNormalize)
     for seed in range(3):
         torch.manual_seed(seed)  # the views draw their random parameters from torch's generator
         host_global, host_local = on_host(photo(seed))
         torch.manual_seed(seed)
         raw_global, raw_local = on_device(photo(seed))
         assert {x.dtype for x in raw_global + raw_local} == {torch.uint8}
-        batched = on_device.device_stage([x[None] for x in raw_global], [x[None] for x in raw_local])
+        batched = on_device.device_ops([x[None] for x in raw_global], [x[None] for x in raw_local])
         for got, want in zip(batched[0] + batched[1], host_global + host_local, strict=True):
             assert torch.equal(got[0], want)
 
 
 def test_the_datamodule_normalises_after_the_transfer() -> None:
     def datamodule(normalize_on_device: bool) -> SSLDataModule:
-        transform = MultiCropTransform(32, 16, 2, mean=MEAN, std=STD, normalize_on_device=normalize_on_device)
+        stage = "normalize" if normalize_on_device else "none"
+        transform = MultiCropTransform(32, 16, 2, mean=MEAN, std=STD, device_stage=stage)
         return SSLDataModule(
             FakeDataset(16, 32, 4, seed=0), transform, batch_size=8, num_workers=0, patch_size=8
         )

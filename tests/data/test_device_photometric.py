@@ -88,7 +88,7 @@ def test_each_op_hits_about_its_share_of_samples_and_draws_repeat_with_the_seed(
 
 def test_transform_leaves_uint8_crops_and_the_device_stage_finishes_them():
     image = Image.fromarray((images(1, 40)[0].permute(1, 2, 0) * 255).byte().numpy())
-    transform = MultiCropTransform(16, 8, 3, mean=(0.5,) * 3, std=(0.25,) * 3, photometric_on_device=True)
+    transform = MultiCropTransform(16, 8, 3, mean=(0.5,) * 3, std=(0.25,) * 3, device_stage="photometric")
     global_crops, local_crops = transform(image)
     assert all(c.dtype == torch.uint8 for c in global_crops + local_crops)
     assert [tuple(c.shape) for c in global_crops] == [(3, 16, 16)] * 2 and len(local_crops) == 3
@@ -97,7 +97,7 @@ def test_transform_leaves_uint8_crops_and_the_device_stage_finishes_them():
         local_crops=[torch.stack([c, c]) for c in local_crops],
         labels=torch.tensor([-1, -1]),
     )
-    out_globals, out_locals = transform.device_stage(batch.global_crops, batch.local_crops)
+    out_globals, out_locals = transform.device_ops(batch.global_crops, batch.local_crops)
     assert all(c.dtype == torch.float32 for c in out_globals + out_locals)
     assert out_globals[0].shape == (2, 3, 16, 16) and out_locals[0].shape == (2, 3, 8, 8)
-    assert MultiCropTransform(16, 8, 3).device_stage is None  # default: the workers do everything
+    assert MultiCropTransform(16, 8, 3, device_stage="none").device_ops is None  # the workers do everything

@@ -25,12 +25,12 @@ from sslvit.data.transforms.device_crops import crop_sources
 CUDA = torch.device("cuda")
 
 
-def transform(**kwargs: bool) -> MultiCropTransform:
+def transform(**kwargs: str) -> MultiCropTransform:
     return MultiCropTransform(global_crop_size=32, local_crop_size=16, num_local_crops=2, **kwargs)
 
 
 def test_photometric_stage_makes_no_host_copy() -> None:
-    stage = transform(photometric_on_device=True).device_stage
+    stage = transform(device_stage="photometric").device_ops
     assert stage is not None
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     crops = [fake_copy(mode, torch.zeros(4, 3, s, s, dtype=torch.uint8), CUDA) for s in (32, 32, 16, 16)]
@@ -41,9 +41,9 @@ def test_photometric_stage_makes_no_host_copy() -> None:
 
 
 def test_cutting_crops_on_the_device_makes_no_host_copy() -> None:
-    t = transform(crops_on_device=True)
+    t = transform(device_stage="crops")
     pixels = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)
-    batch = t.collate_fn([(t(Image.fromarray(pixels)), 0) for _ in range(4)])
+    batch = t.collate([(t(Image.fromarray(pixels)), 0) for _ in range(4)])
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     on_gpu = fake_batch(batch, mode, CUDA)
     with mode, SyncWatch("cuda") as watch:

@@ -17,6 +17,7 @@ NO_AUGMENT = dict(
     solarize_p=0.0,
     mean=(0.5, 0.5, 0.5),
     std=(0.5, 0.5, 0.5),
+    device_stage="none",  # the whole recipe in the worker: normalised float crops
 )
 
 
@@ -26,7 +27,7 @@ def _random_image(size=(40, 40), seed=0):
 
 
 def test_counts_and_sizes():
-    transform = MultiCropTransform(28, 12, num_local_crops=6)
+    transform = MultiCropTransform(28, 12, num_local_crops=6, device_stage="none")
     global_crops, local_crops = transform(_random_image())
     assert len(global_crops) == 2 and len(local_crops) == 6
     assert all(c.shape == (3, 28, 28) and c.dtype == torch.float32 for c in global_crops)

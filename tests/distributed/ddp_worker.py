@@ -15,7 +15,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for toys
 
 from sslvit.callbacks import extract_features
-from sslvit.data import EvalTransform, FakeDataset, SSLDataModule
+from sslvit.data import EvalTransform, FakeDataset, SingleCropTransform, SSLDataModule
 from sslvit.eval.knn import knn_accuracy
 from sslvit.losses import Centering, SinkhornKnopp
 
@@ -34,7 +34,7 @@ def knn_datamodule() -> SSLDataModule:
     """13 bank images and 7 queries: neither splits evenly over 2 ranks (the sampler pads)."""
     return SSLDataModule(
         train_set=FakeDataset(num_samples=8, image_size=16),
-        transform=lambda image: image,
+        transform=SingleCropTransform(16),
         batch_size=4,
         num_workers=0,
         patch_size=4,

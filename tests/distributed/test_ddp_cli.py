@@ -28,8 +28,9 @@ def test_default_trainer_on_two_devices_trains_beit_from_a_stage_one_file(tmp_pa
     tokenizer = save_tokenizer(tiny_tokenizer(), tmp_path / "stage1" / "tokenizer.pt")
     run = tmp_path / "beit"
     args = [
-        "method=beit", "backbone=vit_test", "data=fake", "trainer.devices=2", "trainer.accelerator=cpu",
-        "trainer.max_steps=3", "trainer.enable_progress_bar=false", "callbacks=checkpoint",
+        "method=beit", "backbone=vit_test", "backbone.patch_size=8", "data=fake", "trainer.devices=2",
+        "trainer.accelerator=cpu", "trainer.max_steps=3", "trainer.enable_progress_bar=false",
+        "callbacks=checkpoint",
         f"tokenizer.path={tokenizer}", "tokenizer.downsample=4", f"hydra.run.dir={run}",
     ]  # fmt: skip
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}

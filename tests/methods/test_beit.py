@@ -51,6 +51,7 @@ def test_stage_one_checkpoint_feeds_stage_two(tmp_path):
     stage2_overrides = [
         *TINY_RUN,
         "backbone=vit_test",
+        "backbone.patch_size=8",
         "method=beit",
         "callbacks=knn",
         f"tokenizer.path={checkpoint}",
@@ -103,10 +104,11 @@ def test_demo_values_stay_with_their_methods():
 def test_fashion_mnist_recipes_share_one_token_grid():
     dvae = _compose(["experiment=dvae_fashion_mnist"])
     beit = _compose(["experiment=beit_vit_tiny4_fashion_mnist", "tokenizer.path=/x"])
-    grid = beit.data.transform.global_crop_size // beit.data.patch_size
+    grid = beit.data.transform.global_crop_size // beit.backbone.patch_size
     assert grid == 7 and beit.tokenizer.downsample == dvae.method.tokenizer.downsample
     assert dvae.data.transform.global_crop_size // dvae.method.tokenizer.downsample == grid
     assert dvae.trainer.limit_train_batches and beit.trainer.limit_train_batches  # short CPU runs
     paper = _compose(["experiment=beit_vit_base16_imagenet", "data.root=/data", "tokenizer.path=/x"])
-    assert paper.data.transform.global_crop_size // paper.data.patch_size * paper.tokenizer.downsample == 112
+    paper_grid = paper.data.transform.global_crop_size // paper.backbone.patch_size
+    assert paper_grid * paper.tokenizer.downsample == 112
     assert paper.backbone.embed_dim == 768 and paper.backbone.rel_pos_bias

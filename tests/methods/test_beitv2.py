@@ -19,6 +19,7 @@ from sslvit.train import train
 
 TINY_RUN = [
     "backbone=vit_test",
+    "backbone.patch_size=8",
     "data=fake",
     "trainer=cpu",
     "logger=csv",
@@ -224,11 +225,12 @@ def _compose(overrides):
 def test_recipes_match_their_tokenizers_grids():
     vqkd = _compose(["experiment=vqkd_vit_tiny7_fashion_mnist", "teacher.path=/x"])
     small = _compose(["experiment=beitv2_vit_tiny7_fashion_mnist", "tokenizer.path=/x"])
-    grid = small.data.transform.global_crop_size // small.data.patch_size
-    vqkd_grid = vqkd.data.transform.global_crop_size // vqkd.data.patch_size
-    assert grid == vqkd_grid == 4 and small.tokenizer.downsample == vqkd.data.patch_size
+    grid = small.data.transform.global_crop_size // small.backbone.patch_size
+    vqkd_grid = vqkd.data.transform.global_crop_size // vqkd.backbone.patch_size
+    assert grid == vqkd_grid == 4 and small.tokenizer.downsample == vqkd.backbone.patch_size
     assert small.backbone.depth == 12 and small.method.cls_pretrain_layer == 9
     paper = _compose(["experiment=beitv2_vit_base16_imagenet", "data.root=/data", "tokenizer.path=/x"])
-    assert paper.data.transform.global_crop_size // paper.data.patch_size * paper.tokenizer.downsample == 224
+    paper_grid = paper.data.transform.global_crop_size // paper.backbone.patch_size
+    assert paper_grid * paper.tokenizer.downsample == 224
     assert paper.method.cls_pretrain_layer == 9 and paper.backbone.depth == 12
     assert paper.method.cls_head_layerscale_init == 0.1 and paper.backbone.drop_path_rate == 0.1

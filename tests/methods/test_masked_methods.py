@@ -7,6 +7,7 @@ from sslvit.train import train
 
 TINY_MASKED = [
     "backbone=vit_test",
+    "backbone.patch_size=8",
     "data=fake",
     "trainer=cpu",
     "logger=csv",

@@ -26,6 +26,7 @@ TINY_VQKD = [
     "method.num_codes=32",
     "method.code_dim=8",
     "method.decoder_depth=1",
+    "backbone.patch_size=8",
 ]
 
 

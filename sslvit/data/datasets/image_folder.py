@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -33,8 +34,9 @@ class ImageFolderDataset:
             ``"fail"`` (raise on the first one, naming it: for curated data sets, where a bad file
             means a broken copy).
         decode_max_side: decode JPEGs at a reduced scale whose long side is still at least this
-            (:func:`~sslvit.data.image_io.load_rgb`); None decodes in full. The DataModule sets it when
-            the transform shrinks every image to a long side anyway (``crops_on_device``).
+            (:func:`~sslvit.data.image_io.load_rgb`); None decodes in full. The DataModule asks for a
+            copy with it (:meth:`with_decode_max_side`) when the transform shrinks every image to a
+            long side anyway (``device_stage="crops"``).
 
     Raises:
         FileNotFoundError: ``root`` does not exist or is not a directory.
@@ -107,6 +109,12 @@ class ImageFolderDataset:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def with_decode_max_side(self, max_side: int) -> ImageFolderDataset:
+        """This dataset (the same scanned files) decoding JPEGs down to ``max_side`` on the long side."""
+        scaled = copy.copy(self)
+        scaled.decode_max_side = int(max_side)
+        return scaled
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int] | None:
         path, label = self.samples[index]

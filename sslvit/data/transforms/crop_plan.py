@@ -1,4 +1,5 @@
-"""The loader workers' half of ``crops_on_device``: decode, draw the crop boxes and flips, send the image.
+"""The loader workers' half of ``device_stage="crops"``: decode, draw the crop boxes and flips, send
+the image.
 
 Cutting and resampling the ten crops of an image is most of the CPU cost of the multi-crop recipe
 (docs/benchmarks.md). Here a worker keeps the decoded image whole (its long side capped, so a batch of phone

@@ -1,6 +1,6 @@
 """Random-resized crops cut and resampled on the training device, with PIL's antialiased bicubic filter.
 
-With ``crops_on_device`` the loader workers only decode each image, draw the crop boxes and flips, and
+With ``device_stage="crops"`` the loader workers only decode each image, draw the crop boxes and flips, and
 hand over the whole image; here every crop of a batch is resampled at once. The resampling is PIL's
 (what ``RandomResizedCrop`` runs on the CPU): for each output pixel a bicubic kernel (a = -0.5) widened
 by the downscaling factor, truncated at the crop's edges and normalised, applied horizontally then

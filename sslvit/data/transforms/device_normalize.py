@@ -1,6 +1,6 @@
 """The multi-crop recipe's last step, ``ToTensor`` + ``Normalize``, per batch on the training device.
 
-With ``normalize_on_device`` the loader workers hand over uint8 crops: a quarter of the bytes through
+With ``device_stage="normalize"`` the loader workers hand over uint8 crops: a quarter of the bytes through
 the workers' shared memory, the pinned buffers and the host-to-device copy (a DINOv2 batch of 128 with
 2 x 224 + 8 x 98 crops: 68 MB instead of 272 MB a step; ``benchmarks.data`` measures it). Every
 photometric op of the CPU recipe works on 8-bit PIL images, so nothing is lost by stopping before the

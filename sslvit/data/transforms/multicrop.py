@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from PIL import Image
 from torchvision import transforms as T
 
+from sslvit.data.batch import CropSourceBatch, MultiCropBatch
+from sslvit.data.collate import MaskFn, collate_multicrop
 from sslvit.data.transforms.blur import GaussianBlur, blur_kernel_size
 from sslvit.data.transforms.crop_plan import CropPlan
 from sslvit.data.transforms.device_normalize import DeviceNormalize
 from sslvit.data.transforms.device_photometric import DeviceMultiCrop, recipes_of
+from sslvit.data.transforms.train_transform import DEVICE_STAGES, TrainTransform, check_device_stage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class MultiCropTransform:
+class MultiCropTransform(TrainTransform):
     """Multi-crop views with the DINO / iBOT photometric recipe (Caron et al., 2021, arXiv:2104.14294).
 
     Every view: RandomResizedCrop (bicubic), horizontal flip, colour jitter with probability
@@ -45,34 +48,37 @@ class MultiCropTransform:
         blur_sigma: Gaussian sigma range in pixels.
         num_global_crops: number of global crops (2 in the paper; view 1 gets the first recipe, the
             others the second).
-        photometric_on_device: the workers only crop and flip and return uint8 crops; the colour jitter,
-            grayscale, blur, solarisation and normalisation run per batch on the training device
-            (:class:`~sslvit.data.transforms.device_photometric.DevicePhotometric`, applied by the
-            DataModule after the batch is moved there). For GPUs whose loader cannot keep up.
-        crops_on_device: the workers only decode and draw the crop boxes and flips
-            (:class:`~sslvit.data.transforms.crop_plan.CropPlan`); the crops are cut and resampled on the
-            device (PIL's antialiased bicubic, :mod:`~sslvit.data.transforms.device_crops`), then the
-            photometric half runs there too. Implies ``photometric_on_device``.
-        max_side: with ``crops_on_device``, larger images are first shrunk to this long side in the
-            worker (None: 16/7 of the global crop size, 512 for 224, so that even a global crop of the
-            smallest area is not upsampled).
-        normalize_on_device: the workers run the whole recipe but stop at uint8 crops; the conversion
-            to float and the normalisation run per batch on the training device
+        device_stage: how much of the recipe runs per batch on the training device (after the
+            DataModule moved the batch there) instead of in the loader workers, each stage including
+            the previous one. ``none``: the workers hand over normalised float crops. ``normalize``:
+            they run the whole recipe but stop at uint8 crops, converted and normalised on the device
             (:class:`~sslvit.data.transforms.device_normalize.DeviceNormalize`): a quarter of the bytes
-            to move, same values. The configs turn it on; the photometric device stage normalises anyway.
+            to move, same values. ``photometric``: they only crop and flip; colour jitter, grayscale,
+            blur and solarisation run on the device too
+            (:class:`~sslvit.data.transforms.device_photometric.DevicePhotometric`), for GPUs whose
+            loader cannot keep up. ``crops``: they only decode and draw the crop boxes and flips
+            (:class:`~sslvit.data.transforms.crop_plan.CropPlan`); the crops are cut and resampled on
+            the device too (PIL's antialiased bicubic, :mod:`~sslvit.data.transforms.device_crops`).
+        max_side: with ``device_stage="crops"``, larger images are first shrunk to this long side in
+            the worker (None: 16/7 of the global crop size, 512 for 224, so that even a global crop of
+            the smallest area is not upsampled).
 
     Returns (from ``__call__``):
-        ``(global_crops, local_crops)``: lists of normalised float tensors (3, H, W), or of uint8
-        tensors with ``photometric_on_device`` or ``normalize_on_device``; with ``crops_on_device``,
-        ``(image, boxes, flips)``, which the transform's ``collate_fn`` stacks into a
+        ``(global_crops, local_crops)``: lists of normalised float tensors (3, H, W) with
+        ``device_stage="none"``, of uint8 tensors with ``normalize`` or ``photometric``; with
+        ``crops``, ``(image, boxes, flips)``, which :meth:`collate` stacks into a
         :class:`~sslvit.data.batch.CropSourceBatch`.
+
+    Raises:
+        ValueError: an unknown ``device_stage``, crop counts below 1 global / 0 local, or a ``blur_p``
+            without 3 probabilities.
     """
 
     def __init__(
         self,
-        global_crop_size: int,
-        local_crop_size: int,
-        num_local_crops: int,
+        global_crop_size: int = 224,
+        local_crop_size: int = 96,
+        num_local_crops: int = 10,
         global_crop_scale: Sequence[float] = (0.4, 1.0),
         local_crop_scale: Sequence[float] = (0.05, 0.4),
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -85,11 +91,10 @@ class MultiCropTransform:
         solarize_p: float = 0.2,
         blur_sigma: Sequence[float] = (0.1, 2.0),
         num_global_crops: int = 2,
-        photometric_on_device: bool = False,
-        crops_on_device: bool = False,
+        device_stage: str = "normalize",
         max_side: int | None = None,
-        normalize_on_device: bool = False,
     ) -> None:
+        self.device_stage = check_device_stage(device_stage)
         if num_global_crops < 1 or num_local_crops < 0:
             raise ValueError(
                 f"need num_global_crops >= 1 and num_local_crops >= 0, "
@@ -112,35 +117,45 @@ class MultiCropTransform:
             sigma=sigma,
             normalize=T.Normalize(tuple(float(m) for m in mean), tuple(float(s) for s in std)),
         )
-        self.photometric_on_device = bool(photometric_on_device) or bool(crops_on_device)
-        # The photometric device stage ends with the normalisation anyway.
-        self.normalize_on_device = bool(normalize_on_device) or self.photometric_on_device
-        self.crops_on_device = bool(crops_on_device)
+        on_device = DEVICE_STAGES.index(self.device_stage)
         # The workers' half when the crops are cut on the device; its collate makes a CropSourceBatch.
         self.crop_plan: CropPlan | None = None
-        if self.crops_on_device:
+        if self.device_stage == "crops":
             self.crop_plan = CropPlan(
                 self.global_crop_size, self.local_crop_size, self.num_global_crops, self.num_local_crops,
                 global_scale, local_scale, flip_p,
                 max_side=int(max_side) if max_side else -(-self.global_crop_size * 16 // 7),
             )  # fmt: skip
-            self.collate_fn = self.crop_plan.collate
-        # What the DataModule runs on the device after transfer (None: the workers did everything).
-        self.device_stage: DeviceMultiCrop | DeviceNormalize | None = None
-        if self.photometric_on_device:
-            self.device_stage = DeviceMultiCrop(
+            # Every image is shrunk to the plan's long side: the JPEG decoder may do most of that.
+            self.decode_max_side = self.crop_plan.max_side
+        self.device_ops: DeviceMultiCrop | DeviceNormalize | None = None
+        if on_device >= DEVICE_STAGES.index("photometric"):
+            self.device_ops = DeviceMultiCrop(
                 recipes_of(color_jitter, color_jitter_p, grayscale_p, blur_p, sigma, solarize_p, mean, std)
             )
             self.global_view_1 = _geometric_view(self.global_crop_size, global_scale, flip_p)
             self.global_view_2 = self.global_view_1
             self.local_view = _geometric_view(self.local_crop_size, local_scale, flip_p)
             return
-        if self.normalize_on_device:
+        if self.device_stage == "normalize":
             common["normalize"] = None
-            self.device_stage = DeviceNormalize(mean, std)
+            self.device_ops = DeviceNormalize(mean, std)
         self.global_view_1 = _view(self.global_crop_size, global_scale, blur_p[0], 0.0, **common)
         self.global_view_2 = _view(self.global_crop_size, global_scale, blur_p[1], solarize_p, **common)
         self.local_view = _view(self.local_crop_size, local_scale, blur_p[2], 0.0, **common)
+
+    @property
+    def crop_sizes(self) -> Mapping[str, int]:
+        return {"global_crop_size": self.global_crop_size, "local_crop_size": self.local_crop_size}
+
+    def collate(
+        self, samples: Sequence[Any], mask_fn: MaskFn | None = None, patch_size: int | None = None
+    ) -> MultiCropBatch | CropSourceBatch:
+        """:func:`~sslvit.data.collate.collate_multicrop`, or the crop plan's collate with
+        ``device_stage="crops"``."""
+        if self.crop_plan is not None:
+            return self.crop_plan.collate(samples, mask_fn, patch_size)
+        return collate_multicrop(samples, mask_fn, patch_size)
 
     def __call__(self, image: Image.Image) -> Any:
         if self.crop_plan is not None:
@@ -155,7 +170,7 @@ class MultiCropTransform:
             f"MultiCropTransform({self.num_global_crops}x{self.global_crop_size}px + "
             f"{self.num_local_crops}x{self.local_crop_size}px)\n  global 1: {self.global_view_1}\n"
             f"  global 2: {self.global_view_2}\n  local: {self.local_view}"
-            + (f"\n  then on the device: {type(self.device_stage).__name__}" if self.device_stage else "")
+            + (f"\n  then on the device: {type(self.device_ops).__name__}" if self.device_ops else "")
         )
 
 
@@ -198,6 +213,6 @@ def _view(
         steps.append(T.RandomApply([GaussianBlur(blur_kernel_size(size), sigma=sigma)], p=blur_p))
     if solarize_p > 0:
         steps.append(T.RandomSolarize(threshold=128, p=solarize_p))
-    # None: stop at uint8 (normalize_on_device), the DataModule normalises after the transfer.
+    # None: stop at uint8 (device_stage="normalize"), the DataModule normalises after the transfer.
     steps += [T.PILToTensor()] if normalize is None else [T.ToTensor(), normalize]
     return T.Compose(steps)

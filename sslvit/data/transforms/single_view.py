@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from sslvit.data.collate import collate_views
+from sslvit.data.batch import MaskedImageBatch
+from sslvit.data.collate import MaskFn, collate_views
 from sslvit.data.transforms.multicrop import IMAGENET_MEAN, IMAGENET_STD
+from sslvit.data.transforms.train_transform import TrainTransform
 
 # Multi-crop options that the data configs set under `transform:` for DINO-style methods (crop counts,
 # local crops, per-view blur / solarisation). A single-crop transform has no use for them; they are
@@ -40,7 +43,23 @@ def _pair(values: Sequence[float]) -> tuple[float, float]:
     return low, high
 
 
-class BEiTTransform:
+class _OneCropTransform(TrainTransform):
+    """One view per image for the ViT (plus, for BEiT, the tokenizer's view of the same crop)."""
+
+    global_crop_size: int
+
+    @property
+    def crop_sizes(self) -> Mapping[str, int]:
+        return {"global_crop_size": self.global_crop_size}
+
+    def collate(
+        self, samples: Sequence[Any], mask_fn: MaskFn | None = None, patch_size: int | None = None
+    ) -> MaskedImageBatch:
+        """:func:`~sslvit.data.collate.collate_views`: a :class:`~sslvit.data.batch.MaskedImageBatch`."""
+        return collate_views(samples, mask_fn, patch_size)
+
+
+class BEiTTransform(_OneCropTransform):
     """The two views of one crop that BEiT pretraining reads (Bao et al., 2022, arXiv:2106.08254).
 
     RandomResizedCrop parameters are drawn once; after the shared flip and colour jitter the crop is
@@ -49,8 +68,8 @@ class BEiTTransform:
     ``global_crop_size / patch_size * tokenizer_downsample`` (224 / 16 * 8 = 112 for DALL-E's tokenizer).
 
     Args:
-        global_crop_size: side of the ViT view (224).
-        patch_size: ViT patch size.
+        global_crop_size: side of the ViT view.
+        patch_size: ViT patch size (the configs pass ``backbone.patch_size``).
         tokenizer_downsample: pixels per token of the tokenizer (8 for DALL-E's dVAE).
         global_crop_scale: RandomResizedCrop area range.
         mean / std: normalisation of the ViT view.
@@ -63,13 +82,11 @@ class BEiTTransform:
         ``(vit_view (C, S, S) normalised, tokenizer_view (C, s, s) in [0, 1])``.
     """
 
-    collate_fn = staticmethod(collate_views)
-
     def __init__(
         self,
-        global_crop_size: int,
-        patch_size: int,
-        tokenizer_downsample: int,
+        global_crop_size: int = 224,
+        patch_size: int = 16,
+        tokenizer_downsample: int = 8,
         global_crop_scale: Sequence[float] = (0.08, 1.0),
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -109,7 +126,7 @@ class BEiTTransform:
         )
 
 
-class SingleCropTransform:
+class SingleCropTransform(_OneCropTransform):
     """RandomResizedCrop + horizontal flip, pixels in [0, 1]: the training view of a pixel tokenizer.
 
     A discrete VAE (BEiT's tokenizer, trained as in DALL-E) reconstructs pixels, so its view is not
@@ -127,11 +144,9 @@ class SingleCropTransform:
         ``(view (C, S, S), None)``: no tokenizer view.
     """
 
-    collate_fn = staticmethod(collate_views)
-
     def __init__(
         self,
-        global_crop_size: int,
+        global_crop_size: int = 224,
         global_crop_scale: Sequence[float] = (0.08, 1.0),
         flip_p: float = 0.5,
         normalize: bool = False,
