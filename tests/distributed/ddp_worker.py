@@ -146,6 +146,11 @@ def uneven_patch_logits() -> torch.Tensor:
     return torch.randn(8, 6, generator=torch.Generator().manual_seed(7))
 
 
+def uneven_center_logits() -> torch.Tensor:
+    """40 rows split 10 / 30 over two ranks (per-rank masked-token counts differ)."""
+    return torch.randn(40, 5, generator=torch.Generator().manual_seed(11))
+
+
 def main(out_path: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -154,6 +159,11 @@ def main(out_path: str) -> None:
     centering = Centering(out_dim=5, momentum=0.9)
     centering.update(shard)
     centering.update(shard * 2.0)
+
+    uneven_centering = Centering(out_dim=5, momentum=0.9)
+    uneven_centering.update(uneven_center_logits()[:10] if rank == 0 else uneven_center_logits()[10:])
+    centers_uneven = [torch.empty(1, 5) for _ in range(world)]
+    dist.all_gather(centers_uneven, uneven_centering.center)
 
     sinkhorn = SinkhornKnopp(num_iters=3).probs(shard, temperature=0.5)
     uneven = uneven_patch_logits()
@@ -175,6 +185,7 @@ def main(out_path: str) -> None:
         torch.save(
             {
                 "center": centering.center,
+                "centers_uneven": torch.cat(centers_uneven),
                 "world": world,
                 "sinkhorn": torch.cat(sinkhorn_all),
                 "sinkhorn_uneven": torch.cat(uneven_all),

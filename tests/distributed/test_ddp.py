@@ -67,6 +67,20 @@ def test_center_is_mean_over_global_batch(ddp_results):
 
 
 @pytest.mark.ddp
+def test_center_with_uneven_rows_is_the_global_mean_on_every_rank(ddp_results):
+    """10 rows on rank 0 and 30 on rank 1: both ranks hold the center of one process with all 40."""
+    logits = load_worker().uneven_center_logits()
+    single = Centering(out_dim=5, momentum=0.9)
+    single.update(logits)
+    rank0, rank1 = ddp_results["centers_uneven"]
+    torch.testing.assert_close(rank0, single.center[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(rank1, single.center[0], atol=1e-6, rtol=0)
+    # dividing the summed rows by (local rows x world size) would give each rank another center
+    wrong_rank0 = 0.1 * logits.sum(0) / (10 * 2)
+    assert not torch.allclose(rank0, wrong_rank0, atol=1e-3)
+
+
+@pytest.mark.ddp
 def test_knn_accuracy_equals_single_process(ddp_results):
     """Sharded, padded eval loaders + gathered features give the one-process k-NN figures exactly."""
     worker = load_worker()
