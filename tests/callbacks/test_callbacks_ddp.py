@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 import torch.nn.functional as F
+from two_processes import load_worker as load_two_process_worker
+from two_processes import run_on_two_processes
 
 from sslvit.callbacks import LinearProbe
 
@@ -18,20 +17,13 @@ WORKER = Path(__file__).with_name("ddp_callbacks_worker.py")
 
 
 def _worker_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ddp_callbacks_worker", WORKER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_two_process_worker(WORKER)
 
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out = tmp_path_factory.mktemp("ddp_callbacks")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"]
-    cmd += ["--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", str(WORKER), str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_on_two_processes(WORKER, out)
     return [torch.load(out / f"rank{r}.pt") for r in range(2)]
 
 

@@ -1,12 +1,12 @@
 """Distributed building blocks give the single-process answer (2 CPU processes, gloo, subprocess)."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from toys import tiny_dino
+from two_processes import load_worker as load_two_process_worker
+from two_processes import run_on_two_processes
 
 from sslvit.losses import Centering, SinkhornKnopp
 
@@ -21,20 +21,12 @@ def ddp_out(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ddp_results(ddp_out) -> dict:
     out = ddp_out / "results.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"]
-    cmd += ["--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", str(WORKER), str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_on_two_processes(WORKER, out)
     return torch.load(out)
 
 
 def load_worker():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
-    worker = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(worker)
-    return worker
+    return load_two_process_worker(WORKER)
 
 
 @pytest.mark.ddp

@@ -9,27 +9,22 @@ KoLeo), the reference computes it per half (see the worker's ``PerShardKoLeo``).
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from two_processes import load_worker as load_two_process_worker
+from two_processes import run_on_two_processes
 
 WORKER = Path(__file__).with_name("methods_ddp_worker.py")
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 
 
 def _worker() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("methods_ddp_worker", WORKER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_two_process_worker(WORKER)
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +34,7 @@ def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ddp(out_dir: Path) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"]
-    cmd += ["--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", str(WORKER), str(out_dir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_on_two_processes(WORKER, out_dir, timeout=400)
     return torch.load(out_dir / "ddp.pt", weights_only=False)
 
 

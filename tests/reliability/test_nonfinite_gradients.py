@@ -4,8 +4,6 @@ it is counted, and too many in a row stop the run naming the clipping groups and
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from toys import loader, multicrop_batches, tiny_dino
+from two_processes import run_on_two_processes
 
 from sslvit.callbacks import AtomicModelCheckpoint, FiniteLossGuard, NonFiniteGradientError
 from sslvit.data.batch import MaskedImageBatch
@@ -180,10 +179,7 @@ def test_under_fsdp_a_nan_in_one_shard_has_every_rank_skip(tmp_path):
     decision: all skip the same step (a rank stepping alone would leave the shards inconsistent)."""
     worker = Path(__file__).with_name("fsdp_skip_worker.py")
     out = tmp_path / "result"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"]
-    cmd += ["--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", str(worker), str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_on_two_processes(worker, out)
     results = [torch.load(f"{out}.{rank}") for rank in (0, 1)]
     assert sorted(rank for r in results for rank in r["nan_on"]) == [1]  # one rank's shard only
     for rank, result in enumerate(results):

@@ -1,30 +1,23 @@
 """The codebook update under 2 CPU processes (gloo) equals one process on the concatenated batch."""
 
-import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from two_processes import load_worker as load_two_process_worker
+from two_processes import run_on_two_processes
 
 WORKER = Path(__file__).with_name("quantizer_ddp_worker.py")
 
 
 def load_worker():
-    spec = importlib.util.spec_from_file_location("quantizer_ddp_worker", WORKER)
-    worker = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(worker)
-    return worker
+    return load_two_process_worker(WORKER)
 
 
 @pytest.mark.ddp
 def test_two_processes_update_the_codebook_like_one(tmp_path):
     out = tmp_path / "results.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"]
-    cmd += ["--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", str(WORKER), str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_on_two_processes(WORKER, out)
     results = torch.load(out)
     assert results["world"] == 2
 
