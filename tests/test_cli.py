@@ -72,7 +72,14 @@ def test_multirun_with_failed_jobs_still_writes_the_table(tmp_path):
 
 def test_missing_data_folder_fails_at_start_naming_the_path(tmp_path):
     missing = tmp_path / "no_such_folder"
-    proc = run("train.py", "data=folder", f"data.root={missing}", "backbone=vit_test", "trainer=cpu")
+    proc = run(
+        "train.py",
+        "data=folder",
+        f"data.root={missing}",
+        "backbone=vit_test",
+        "trainer=cpu",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert proc.returncode != 0
     assert str(missing) in proc.stderr
     assert "Training" not in proc.stdout  # stopped before the first step
