@@ -54,13 +54,13 @@ def build(method: str, batch_size_per_device: int, **kwargs: Any) -> Any:
     """A tiny ``method`` (one of :data:`METHODS`) seeded with 0; ``kwargs`` go to the method."""
     torch.manual_seed(0)
     o = optim(batch_size_per_device)
-    warmup = {"warmup_teacher_temp_epochs": 1}
+    distill = {"warmup_teacher_temp_epochs": 1, **kwargs}
     if method == "dino":
-        return DINO(backbone(), o, **HEAD, **warmup, **kwargs)
+        return DINO(backbone(), o, **HEAD, **distill)
     if method == "ibot":
-        return IBOT(backbone(), o, patch_out_dim=HEAD["out_dim"], **HEAD, **warmup, **kwargs)
+        return IBOT(backbone(), o, patch_out_dim=HEAD["out_dim"], **HEAD, **distill)
     if method == "dinov2":
-        return DINOv2(backbone(), o, patch_out_dim=HEAD["out_dim"], **HEAD, **warmup, **kwargs)
+        return DINOv2(backbone(), o, patch_out_dim=HEAD["out_dim"], **HEAD, **distill)
     beit_vit = {"rel_pos_bias": True, "layerscale_init": 0.1}
     if method == "beit":
         return BEiT(backbone(**beit_vit), o, tiny_tokenizer(), **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -16,7 +17,7 @@ from sslvit.utils.distributed import mean_over_processes
 from sslvit.utils.epoch_length import optimizer_steps_per_epoch
 from sslvit.utils.fsdp import unwrapped_name
 from sslvit.utils.param_groups import param_groups
-from sslvit.utils.schedules import cosine_schedule, linear_warmup
+from sslvit.utils.schedules import cosine_schedule, linspace_at
 
 NetworkT = TypeVar("NetworkT", bound=nn.Module)
 
@@ -90,9 +91,24 @@ class PretrainingModule(SyncFreeLogging):
     def epochs_to_steps(self, epochs: float) -> int:
         return round(epochs * self.steps_per_epoch)
 
-    def warmup_over_epochs(self, start: float, end: float, epochs: float) -> float:
-        """A value ramped linearly from ``start`` to ``end`` over ``epochs``, at the current step."""
-        return linear_warmup(self.trainer.global_step, self.epochs_to_steps(epochs), start, end)
+    def schedule_epoch(self, step: int) -> int:
+        """The schedule epoch (0-based) that optimizer step ``step`` falls in."""
+        # The margin keeps a step on an epoch boundary from rounding just below it when an epoch is a
+        # fraction of steps (a run cut short by max_steps).
+        return math.floor(step / self.steps_per_epoch + 1e-9)
+
+    def warmup_per_step(self, step: int, start: float, end: float, epochs: float) -> float:
+        """``linspace(start, end, W)[step]`` over the ``W`` steps of ``epochs``, then ``end`` (DINOv2's
+        teacher temperature: a new value every step)."""
+        return linspace_at(step, self.epochs_to_steps(epochs), start, end)
+
+    def warmup_per_epoch(
+        self, step: int, start: float, end: float, epochs: int, first_epoch: int = 0
+    ) -> float:
+        """``linspace(start, end, epochs)[e - first_epoch]`` in schedule epoch ``e`` of ``step``: ``start``
+        before ``first_epoch``, ``end`` from ``first_epoch + epochs - 1`` on (DINO's and iBOT's teacher
+        temperatures: one value per epoch)."""
+        return linspace_at(self.schedule_epoch(step) - first_epoch, epochs, start, end)
 
     @property
     def global_batch_size(self) -> int:

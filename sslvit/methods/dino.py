@@ -13,6 +13,7 @@ from sslvit.losses import Centering, DINOLoss
 from sslvit.methods.multicrop import cat_by_resolution
 from sslvit.methods.optim_config import OptimConfig
 from sslvit.methods.self_distillation import SelfDistillationModule
+from sslvit.utils.schedules import whole_epochs
 
 
 class DINO(SelfDistillationModule):
@@ -30,8 +31,10 @@ class DINO(SelfDistillationModule):
         use_bn_in_head: batch norm in the head's MLP (False for ViTs in the paper).
         student_temp: student temperature (0.1).
         teacher_temp: teacher temperature after warm-up (0.04-0.07; paper default 0.04 for ViT-S, 0.07 max).
-        warmup_teacher_temp: teacher temperature at step 0 (0.04).
-        warmup_teacher_temp_epochs: length of the linear teacher-temperature warm-up (30).
+        warmup_teacher_temp: teacher temperature in the first epoch (0.04).
+        warmup_teacher_temp_epochs: length of the linear teacher-temperature warm-up (30), whole epochs:
+            as in the official code the temperature is ``linspace(warmup_teacher_temp, teacher_temp,
+            30)[epoch]``, constant within an epoch, and reaches ``teacher_temp`` in epoch 29.
         center_momentum: centering momentum (0.9).
         momentum_teacher / momentum_teacher_end: EMA momentum cosine (0.996 -> 1).
     """
@@ -52,7 +55,7 @@ class DINO(SelfDistillationModule):
         student_temp: float = 0.1,
         teacher_temp: float = 0.07,
         warmup_teacher_temp: float = 0.04,
-        warmup_teacher_temp_epochs: float = 30.0,
+        warmup_teacher_temp_epochs: int = 30,
         center_momentum: float = 0.9,
         momentum_teacher: float = 0.996,
         momentum_teacher_end: float = 1.0,
@@ -67,15 +70,18 @@ class DINO(SelfDistillationModule):
         self.dino_loss = DINOLoss(student_temp)
         self.teacher_temp = teacher_temp
         self.warmup_teacher_temp = warmup_teacher_temp
-        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+        self.warmup_teacher_temp_epochs = whole_epochs(
+            warmup_teacher_temp_epochs, "warmup_teacher_temp_epochs"
+        )
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
         head: DINOHead = self.student["head"]  # type: ignore[assignment]
         return head.last_layer_parameters
 
-    def current_teacher_temp(self) -> float:
-        return self.warmup_over_epochs(
-            self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_epochs
+    def teacher_temp_at(self, step: int) -> float:
+        """The teacher temperature of optimizer step ``step``: one value per epoch."""
+        return self.warmup_per_epoch(
+            step, self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_epochs
         )
 
     def training_step(self, batch: MultiCropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -85,7 +91,7 @@ class DINO(SelfDistillationModule):
         with torch.no_grad():
             teacher_cls = self.teacher["backbone"](torch.cat(batch.global_crops))  # (G*B, D)
             teacher_logits = self.teacher["head"](teacher_cls)  # (G*B, K)
-            teacher_temp = self.current_teacher_temp()
+            teacher_temp = self.teacher_temp_at(self.trainer.global_step)
             teacher_probs_all = self.centering.probs(teacher_logits, teacher_temp)  # (G*B, K)
             teacher_probs = teacher_probs_all.chunk(num_global)
 

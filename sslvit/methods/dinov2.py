@@ -33,7 +33,10 @@ class DINOv2(SelfDistillationModule):
         hidden_dim / bottleneck_dim / head_layers: head shape (2048 / 256 / 3).
         teacher_targets: "sinkhorn_knopp" (paper) or "centering".
         sinkhorn_iterations: Sinkhorn–Knopp iterations (3).
-        student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs: as in DINO.
+        student_temp, teacher_temp, warmup_teacher_temp: as in DINO.
+        warmup_teacher_temp_epochs: length of the teacher-temperature warm-up (30). As in the official
+            code the temperature changes every step, ``linspace(warmup_teacher_temp, teacher_temp, W)``
+            over the ``W`` steps of these epochs, then ``teacher_temp``.
         center_momentum: used only with ``teacher_targets="centering"``.
         dino_weight / ibot_weight / koleo_weight: loss weights (1, 1, 0.1).
         momentum_teacher / momentum_teacher_end: EMA momentum cosine (0.992 -> 1 for ViT-L).
@@ -86,8 +89,9 @@ class DINOv2(SelfDistillationModule):
         heads = [self.student["dino_head"], self.student["ibot_head"]]
         return [p for head in heads for p in head.last_layer_parameters]  # type: ignore[union-attr]
 
-    def current_teacher_temp(self) -> float:
-        return self.warmup_over_epochs(*self.teacher_temps, self.warmup_teacher_temp_epochs)
+    def teacher_temp_at(self, step: int) -> float:
+        """The teacher temperature of optimizer step ``step`` (CLS and patch targets alike)."""
+        return self.warmup_per_step(step, *self.teacher_temps, self.warmup_teacher_temp_epochs)
 
     def training_step(self, batch: MultiCropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         if batch.masks is None:
@@ -100,7 +104,7 @@ class DINOv2(SelfDistillationModule):
         self.log_skipped(batch.num_skipped)
         student_backbone: Any = self.student["backbone"]
 
-        temp = self.current_teacher_temp()
+        temp = self.teacher_temp_at(self.trainer.global_step)
         targets = teacher_targets(
             self.teacher["backbone"],
             self.teacher["dino_head"],

@@ -18,7 +18,7 @@ from sslvit.tokenizers.io import TOKENIZER_KEY, save_tokenizer, tokenizer_record
 from sslvit.utils.codebook_stats import usage_and_perplexity
 from sslvit.utils.distributed import all_reduce_sum
 from sslvit.utils.id_counts import id_counts
-from sslvit.utils.schedules import cosine_schedule
+from sslvit.utils.schedules import cosine_ramp
 
 TOKENIZER_FILE = "tokenizer.pt"
 
@@ -28,12 +28,12 @@ def gumbel_temperature(step: int, anneal_steps: int, start: float, end: float) -
 
     DALL-E (Ramesh et al., 2021) anneals tau from 1 to 1/16 with a cosine schedule.
     """
-    return cosine_schedule(step, max(1, anneal_steps), start, end)
+    return cosine_ramp(step, anneal_steps, start, end)
 
 
 def kl_weight_at(step: int, warmup_steps: int, end: float) -> float:
     """KL weight: a half cosine from 0 to ``end`` over ``warmup_steps``, then ``end`` (DALL-E's warm-up)."""
-    return cosine_schedule(step, max(1, warmup_steps), 0.0, end)
+    return cosine_ramp(step, warmup_steps, 0.0, end)
 
 
 class DVAETraining(PretrainingModule):

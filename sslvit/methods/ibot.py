@@ -15,6 +15,7 @@ from sslvit.methods.optim_config import OptimConfig
 from sslvit.methods.self_distillation import SelfDistillationModule
 from sslvit.methods.teacher_targets import teacher_targets
 from sslvit.utils.masked_tokens import gather_masked
+from sslvit.utils.schedules import whole_epochs
 
 
 class IBOT(SelfDistillationModule):
@@ -25,6 +26,11 @@ class IBOT(SelfDistillationModule):
     masked patch the student's patch distribution is trained to match the teacher's. The teacher's patch
     head is the "online tokenizer". CLS and patch outputs have their own centers and teacher
     temperatures. ``L = cls_weight * L_cls + patch_weight * L_MIM``.
+
+    Masked image modelling can start late (``mim_start_epoch``, the official ``pred_start_epoch``): before
+    that epoch the student sees its global crops unmasked, as with a prediction ratio of 0, so ``L_MIM``
+    is 0, and the patch teacher temperature waits at ``warmup_teacher_patch_temp``; its warm-up starts at
+    that epoch.
 
     Args:
         backbone: student backbone (a ``MaskedViT``).
@@ -38,7 +44,10 @@ class IBOT(SelfDistillationModule):
         student_temp: student temperature for both outputs (0.1).
         teacher_temp / warmup_teacher_temp: CLS teacher temperature after / at the start of warm-up.
         teacher_patch_temp / warmup_teacher_patch_temp: the same for patch outputs.
-        warmup_teacher_temp_epochs: length of both warm-ups (30).
+        warmup_teacher_temp_epochs: length of both warm-ups (30), whole epochs: as in the official code
+            a temperature is ``linspace(warmup, final, 30)[epoch]``, constant within an epoch.
+        mim_start_epoch: the first epoch with masked image modelling (0 for ViTs; 50 for Swin in the
+            official recipes).
         center_momentum: momentum of both centers (0.9).
         cls_weight / patch_weight: loss weights (1 and 1).
         momentum_teacher / momentum_teacher_end: EMA momentum cosine (0.996 -> 1).
@@ -61,7 +70,8 @@ class IBOT(SelfDistillationModule):
         warmup_teacher_temp: float = 0.04,
         teacher_patch_temp: float = 0.07,
         warmup_teacher_patch_temp: float = 0.04,
-        warmup_teacher_temp_epochs: float = 30.0,
+        warmup_teacher_temp_epochs: int = 30,
+        mim_start_epoch: int = 0,
         center_momentum: float = 0.9,
         cls_weight: float = 1.0,
         patch_weight: float = 1.0,
@@ -84,7 +94,10 @@ class IBOT(SelfDistillationModule):
         self.shared_head = shared_head
         self.teacher_temps = (warmup_teacher_temp, teacher_temp)
         self.teacher_patch_temps = (warmup_teacher_patch_temp, teacher_patch_temp)
-        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+        self.warmup_teacher_temp_epochs = whole_epochs(
+            warmup_teacher_temp_epochs, "warmup_teacher_temp_epochs"
+        )
+        self.mim_start_epoch = whole_epochs(mim_start_epoch, "mim_start_epoch")
         self.cls_weight, self.patch_weight = cls_weight, patch_weight
 
     def patch_head(self, network: nn.ModuleDict) -> nn.Module:
@@ -96,12 +109,18 @@ class IBOT(SelfDistillationModule):
         )
         return [p for head in heads for p in head.last_layer_parameters]  # type: ignore[union-attr]
 
-    def current_teacher_temps(self) -> tuple[float, float]:
+    def teacher_temps_at(self, step: int) -> tuple[float, float]:
+        """CLS and patch teacher temperatures of optimizer step ``step``: one value per epoch; the patch
+        warm-up starts at ``mim_start_epoch``."""
         epochs = self.warmup_teacher_temp_epochs
         return (
-            self.warmup_over_epochs(*self.teacher_temps, epochs),
-            self.warmup_over_epochs(*self.teacher_patch_temps, epochs),
+            self.warmup_per_epoch(step, *self.teacher_temps, epochs),
+            self.warmup_per_epoch(step, *self.teacher_patch_temps, epochs, first_epoch=self.mim_start_epoch),
         )
+
+    def mim_started(self, step: int) -> bool:
+        """Whether optimizer step ``step`` masks the student's global crops."""
+        return self.schedule_epoch(step) >= self.mim_start_epoch
 
     def training_step(self, batch: MultiCropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         if batch.masks is None:
@@ -110,10 +129,15 @@ class IBOT(SelfDistillationModule):
         globals_ = torch.cat(batch.global_crops)  # (G*B, C, H, W)
         self.log_skipped(batch.num_skipped)
         student_backbone: Any = self.student["backbone"]
-        indices = batch.mask_indices
+        masks, indices = batch.masks, batch.mask_indices
         assert indices is not None  # derived from masks by MultiCropBatch
+        step = self.trainer.global_step
+        if not self.mim_started(step):
+            # A prediction ratio of 0: nothing masked and no patch term. The masks stay a tensor, so the
+            # student's mask token and the patch head remain in the graph (with zero gradients) for DDP.
+            masks, indices = torch.zeros_like(masks), indices[:0]
 
-        cls_temp, patch_temp = self.current_teacher_temps()
+        cls_temp, patch_temp = self.teacher_temps_at(step)
         # iBOT's patch center moves with every patch token's logits; targets only where the student is
         # masked.
         targets = teacher_targets(
@@ -129,9 +153,7 @@ class IBOT(SelfDistillationModule):
             update_with_all_patches=True,
         )
 
-        student_out, student_cls = student_crop_features(
-            student_backbone, globals_, batch.masks, batch.local_crops
-        )
+        student_out, student_cls = student_crop_features(student_backbone, globals_, masks, batch.local_crops)
         num_crops = num_global + len(batch.local_crops)
         student_cls_logits = self.student["head"](student_cls).chunk(num_crops)
         # The patch head runs only on masked tokens: the loss ignores the others. Gathered by index
@@ -142,7 +164,7 @@ class IBOT(SelfDistillationModule):
 
         cls_loss = self.dino_loss(list(student_cls_logits), list(targets.cls_probs.chunk(num_global)))
         patch_loss = self.patch_loss.forward_masked(
-            student_masked_logits, targets.patch_probs, batch.masks, indices
+            student_masked_logits, targets.patch_probs, masks, indices
         )
         loss = self.cls_weight * cls_loss + self.patch_weight * patch_loss
 

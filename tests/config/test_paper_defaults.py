@@ -91,3 +91,19 @@ def test_demo_data_gets_the_small_data_values(method: str) -> None:
 def test_small_data_values_drop_with_one_key() -> None:
     run = compose_run(["~small_data"])
     assert run["method.out_dim"] == 65536 and run["trainer.limit_train_batches"] is None
+
+
+def test_ibot_gets_the_official_vit_recipe_values() -> None:
+    """bytedance/ibot at da316d82636a7a7356835ef224b13d5f3ace0489: main_ibot.py's defaults and the README's
+    ViT-S/16 command: patch teacher temperature 0.04 -> 0.07 and CLS 0.04 -> 0.07 over 30 epochs, masked
+    image modelling from epoch 0 (``--pred_start_epoch`` 0; 50 only for Swin)."""
+    run = compose_run(["method=ibot", *OTHER_DATA["imagenet"]])
+    official = {
+        "warmup_teacher_temp": 0.04,
+        "teacher_temp": 0.07,
+        "warmup_teacher_patch_temp": 0.04,
+        "teacher_patch_temp": 0.07,
+        "warmup_teacher_temp_epochs": 30,
+        "mim_start_epoch": 0,
+    }
+    assert {key: run[f"method.{key}"] for key in official} == official

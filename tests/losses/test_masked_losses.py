@@ -54,8 +54,41 @@ def test_koleo_batch_of_one_and_duplicates_are_finite():
     assert loss.item() == 0.0
     loss.backward()
     assert torch.isfinite(single.grad).all()
-    duplicated = torch.ones(4, 8)
-    assert torch.isfinite(KoLeoLoss()(duplicated))
+    duplicated = torch.ones(4, 8, requires_grad=True)
+    loss = KoLeoLoss()(duplicated)
+    # eps inside the distance: ||eps * 1|| + eps for each of the identical features (DINOv2's value)
+    assert loss.item() == pytest.approx(-math.log(1e-8 * math.sqrt(8) + 1e-8), rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(duplicated.grad).all()
+
+
+# facebookresearch/dinov2 at b8931f7bf91576930313be2c6d6af376033b35f0, dinov2/loss/koleo_loss.py,
+# KoLeoLoss()(features) in fp32 on the CPU. Rows 0 and 3 are equal, row 4 is row 1 times 2 (equal once
+# normalised): four features with an exact duplicate, and one with a real neighbour.
+KOLEO_FEATURES = [
+    [-1.0096, -0.2092, -0.1592, 0.5408],
+    [0.2147, 0.3554, -0.6538, -0.1296],
+    [0.784, 1.4934, -1.2591, 1.5139],
+    [-1.0096, -0.2092, -0.1592, 0.5408],
+    [0.4294, 0.7108, -1.3076, -0.2592],
+]
+KOLEO_GOLDEN_DUPLICATES = 13.893701553344727
+KOLEO_DISTINCT = [
+    [0.3574, -1.2083, -0.0045, 0.6565, -1.2884, 0.3951],
+    [0.4299, 0.696, -1.1841, -0.6617, -0.4364, -1.1698],
+    [1.7394, -0.4959, 0.329, -0.2586, 1.5835, 1.3204],
+    [0.6334, -2.2035, 0.052, 0.6837, 1.004, -0.6179],
+]
+KOLEO_GOLDEN_DISTINCT = -0.20309516787528992
+
+
+def test_koleo_equals_dinov2_with_and_without_duplicates():
+    features = torch.tensor(KOLEO_FEATURES, requires_grad=True)
+    loss = KoLeoLoss()(features)
+    assert loss.item() == pytest.approx(KOLEO_GOLDEN_DUPLICATES, rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(features.grad).all()
+    assert KoLeoLoss()(torch.tensor(KOLEO_DISTINCT)).item() == pytest.approx(KOLEO_GOLDEN_DISTINCT, rel=1e-5)
 
 
 def test_ibot_loss_ignores_unmasked_positions():

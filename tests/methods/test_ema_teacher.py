@@ -59,8 +59,11 @@ def test_always_in_eval_mode():
     assert not any(m.training for m in holder["teacher"].modules())
 
 
-def test_momentum_cosine_from_start_to_end():
+def test_momentum_cosine_from_start_towards_end():
     teacher = EMATeacher(student(), momentum=0.996, momentum_end=1.0)
-    assert teacher.momentum(0, 11) == pytest.approx(0.996)
-    assert teacher.momentum(5, 11) == pytest.approx(0.998)  # half-way: the mean
-    assert teacher.momentum(10, 11) == pytest.approx(1.0)
+    # facebookresearch/dino at 7c446df5b9f45747937fb0d72314eb9f7b66930a, utils.cosine_scheduler(0.996, 1,
+    # 5, 10): 50 steps; the half-way value is the mean, the last one stays below 1
+    assert teacher.momentum(0, 50) == pytest.approx(0.996, rel=1e-12)
+    assert teacher.momentum(25, 50) == pytest.approx(0.998, rel=1e-12)
+    assert teacher.momentum(49, 50) == pytest.approx(0.9999960534568565, rel=1e-12)
+    assert teacher.momentum(50, 50) == 1.0  # past the last step: the end value
