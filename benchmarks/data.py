@@ -2,6 +2,7 @@
 
     python -m benchmarks.data --folder /path/to/jpegs --workers 1,2,4,8 --batches 20
     python -m benchmarks.data --synthetic 512 --workers 1,2 --batches 10     # writes random JPEGs first
+    python -m benchmarks.data --synthetic 256 --workers 0 --batches 4     # in this process: CPU ms/img too
     python -m benchmarks.data --folder ... --photometric-on-device   # workers crop + flip only; times the
                                                                       # on-device photometric stage too
     python -m benchmarks.data --folder ... --crops-on-device   # workers decode + draw boxes; crops and
@@ -76,13 +77,18 @@ def build_datamodule(args: argparse.Namespace, folder: Path) -> Any:
     return instantiate(cfg.data)
 
 
-def time_loader(datamodule: Any, workers: int, batches: int) -> dict[str, float]:
-    """Seconds to the first batch (worker start-up), then images/s over the next ``batches`` batches."""
+def time_loader(datamodule: Any, workers: int, batches: int) -> dict[str, Any]:
+    """Seconds to the first batch (worker start-up), then images/s over the next ``batches`` batches.
+
+    With 0 workers the images load in this process, so its CPU time per image is also reported: the
+    pipeline's cost per image on one core, which other jobs on the machine hardly change (they change
+    images/s a lot).
+    """
     datamodule.num_workers, datamodule.persistent_workers = workers, False
     start = time.perf_counter()
     iterator = iter(datamodule.train_dataloader())
     next(iterator)
-    first = time.perf_counter()
+    first, cpu_first = time.perf_counter(), time.process_time()
     images = 0
     for _ in range(batches):
         try:
@@ -91,12 +97,13 @@ def time_loader(datamodule: Any, workers: int, batches: int) -> dict[str, float]
             iterator = iter(datamodule.train_dataloader())
             batch = next(iterator)
         images += batch.batch_size
-    elapsed = time.perf_counter() - first
+    elapsed, cpu = time.perf_counter() - first, time.process_time() - cpu_first
     return {
         "workers": workers,
         "first_batch_s": first - start,
         "images": images,
         "img_per_s": images / elapsed,
+        "cpu_ms_per_img": cpu / images * 1e3 if workers == 0 else None,
     }
 
 
@@ -211,9 +218,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device_ops": device_ops,
     }
     print(f"{report['folder']}: batch {args.batch}, {report['crops']}, masks of {args.method}")
-    print("| workers | first batch s | img/s |\n|---|---|---|")
+    print("| workers | first batch s | img/s | CPU ms/img |\n|---|---|---|---|")
     for r in rows:
-        print(f"| {r['workers']} | {r['first_batch_s']:.2f} | {r['img_per_s']:.1f} |")
+        cpu = "" if r["cpu_ms_per_img"] is None else f"{r['cpu_ms_per_img']:.1f}"
+        print(f"| {r['workers']} | {r['first_batch_s']:.2f} | {r['img_per_s']:.1f} | {cpu} |")
     copy = "" if transfer["copy_ms"] is None else f", copied to the GPU in {transfer['copy_ms']:.2f} ms"
     print(f"one batch: {transfer['mb_per_batch']:.1f} MB{copy}")
     if "mb_per_batch_float32_crops" in transfer:

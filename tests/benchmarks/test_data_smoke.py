@@ -28,6 +28,7 @@ def test_data_benchmark_reports_rows_transfer_and_the_device_stage(tmp_path, sta
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     (row,) = report["rows"]
     assert row["workers"] == 0 and row["images"] == 4 and row["img_per_s"] > 0
+    assert row["cpu_ms_per_img"] > 0  # loaded in this process: its CPU time counts
     assert report["device_stage"] == (stage or "normalize")
     transfer = report["transfer"]
     assert transfer["copy_ms"] is None  # no GPU here: bytes only

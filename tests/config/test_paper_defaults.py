@@ -13,8 +13,11 @@ from typing import Any
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from toys import CONF_DIR
+
+from sslvit.data.transforms import GaussianBlur
 
 METHODS = ["dino", "ibot", "dinov2", "beit", "beitv2", "dvae", "vqkd"]
 # The keys a method needs from the command line (a tokenizer or a teacher file), set to dummy paths.
@@ -107,3 +110,51 @@ def test_ibot_gets_the_official_vit_recipe_values() -> None:
         "mim_start_epoch": 0,
     }
     assert {key: run[f"method.{key}"] for key in official} == official
+
+
+# The official DINOv2 augmentation (facebookresearch/dinov2 at b8931f7bf91576930313be2c6d6af376033b35f0,
+# dinov2/data/augmentations.py DataAugmentationDINO, built in a scratch directory) wraps its blur in
+# RandomApply with p = 0.0 (global view 1), 0.9 (global view 2) and 0.5 (local views): its GaussianBlur
+# hands 1 - p on, so the nominal 1.0 / 0.1 / 0.5 are not what the released models saw.
+DINOV2_EFFECTIVE_BLUR = [0.0, 0.9, 0.5]
+DINO_BLUR = [1.0, 0.1, 0.5]  # DINO and iBOT apply their p as named
+DINOV2_RECIPES = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("dinov2_*imagenet.yaml"))
+
+
+def view_blur_probabilities(overrides: list[str]) -> list[float]:
+    """The blur probability each view of the composed, instantiated multi-crop transform applies."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    transform = instantiate(cfg.data.transform)
+
+    def blur_p(view: Any) -> float:
+        wrappers = [
+            t
+            for t in view.transforms
+            if any(isinstance(b, GaussianBlur) for b in getattr(t, "transforms", []))
+        ]
+        return wrappers[0].p if wrappers else 0.0  # a view without a blur step never blurs
+
+    return [blur_p(transform.global_view_1), blur_p(transform.global_view_2), blur_p(transform.local_view)]
+
+
+@pytest.mark.parametrize("recipe", [None, *DINOV2_RECIPES])
+def test_dinov2_blurs_as_the_released_models(recipe: str | None) -> None:
+    assert len(DINOV2_RECIPES) == 6
+    # None: the paper default, `python train.py method=dinov2 data=imagenet`
+    overrides = (
+        [f"experiment={recipe}", "data.root=/data"] if recipe else ["method=dinov2", *OTHER_DATA["imagenet"]]
+    )
+    assert view_blur_probabilities(overrides) == DINOV2_EFFECTIVE_BLUR
+    # the nominal values, one override away (conf/method/dinov2.yaml)
+    nominal = view_blur_probabilities([*overrides, "data.transform.blur_p=[1.0,0.1,0.5]"])
+    assert nominal == DINO_BLUR
+
+
+def test_small_data_blur_and_the_other_methods() -> None:
+    # Fashion-MNIST keeps its own milder blur for DINOv2 too, set in its small-data file.
+    assert view_blur_probabilities(["experiment=dinov2_vit_tiny7_fashion_mnist"]) == [0.2, 0.1, 0.1]
+    small = file_leaves(Path(CONF_DIR) / "small_data" / "fashion_mnist" / "dinov2.yaml")
+    assert small["data.transform.blur_p"] == [0.2, 0.1, 0.1]
+    for method in ("dino", "ibot"):
+        assert view_blur_probabilities([f"method={method}", *OTHER_DATA["imagenet"]]) == DINO_BLUR

@@ -26,10 +26,10 @@ class MultiCropTransform(TrainTransform):
     Every view: RandomResizedCrop (bicubic), horizontal flip, colour jitter with probability
     ``color_jitter_p``, grayscale with probability ``grayscale_p``, Gaussian blur, normalisation. The
     views differ in blur and solarisation, as in the paper: global view 1 is always blurred (p 1.0),
-    global view 2 rarely (p 0.1) but may be solarised (p 0.2), local views are blurred with p 0.5. The
-    blur kernel is sized for each crop (about 10% of its side, as in SimCLR / BYOL) so the same sigma
-    range works at 28 px and at 224 px; it is a separable re-implementation of torchvision's blur
-    (:class:`~sslvit.data.transforms.blur.GaussianBlur`, 3x faster).
+    global view 2 rarely (p 0.1) but may be solarised (p 0.2), local views are blurred with p 0.5
+    (DINOv2's config sets 0.0 / 0.9 / 0.5, what its official code applies). The blur
+    (:class:`~sslvit.data.transforms.blur.GaussianBlur`) is an exact separable Gaussian, its kernel cut
+    at 4 sigma and at most about 10% of the crop's side (as in SimCLR / BYOL).
 
     Args:
         global_crop_size: side of the global crops (the teacher's input; 224 in the paper).
@@ -43,7 +43,8 @@ class MultiCropTransform(TrainTransform):
         color_jitter: (brightness, contrast, saturation, hue) strengths.
         color_jitter_p: probability of applying the colour jitter.
         grayscale_p: probability of converting to grayscale (kept 3-channel).
-        blur_p: blur probability for (global view 1, global views 2.., local views).
+        blur_p: blur probability for (global view 1, global views 2.., local views); DINO's
+            (1.0, 0.1, 0.5) by default, (0.0, 0.9, 0.5) in DINOv2's config.
         solarize_p: solarisation probability of global views 2.. (global view 1 is never solarised).
         blur_sigma: Gaussian sigma range in pixels.
         num_global_crops: number of global crops (2 in the paper; view 1 gets the first recipe, the
