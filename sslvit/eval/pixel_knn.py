@@ -23,6 +23,7 @@ from torch.utils.data import DistributedSampler
 from sslvit.eval.neighbours import NearestNeighbours
 from sslvit.eval.rows import collect_rows, unpack_eval_batch
 from sslvit.utils.distributed import all_reduce_sum, is_distributed
+from sslvit.utils.matmul_precision import full_float32_matmuls
 
 
 class PixelMemoryError(ValueError):
@@ -136,6 +137,9 @@ def _accuracy(
     return neighbours.accuracy(targets, ks, num_classes, temperature)
 
 
+# Full float32 products: a fixed reference, the same figure on a GPU (where TF32 would round the
+# similarities) as on a CPU.
+@full_float32_matmuls()
 def pixel_knn_accuracy(
     bank_loader: Iterable[Any],
     query_loader: Iterable[Any],

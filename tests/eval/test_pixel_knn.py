@@ -133,3 +133,27 @@ def test_query_pixels_over_the_memory_limit_are_refused() -> None:
         pixel_knn_accuracy(
             loader(bank, bank_labels, 4), loader(bank, bank_labels, 4), CLASSES, max_query_gb=1e-6
         )
+
+
+class PrecisionSpy:
+    """An evaluation loader that records the float32 matmul precision whenever it is iterated."""
+
+    def __init__(self, batches: DataLoader, seen: list[str]) -> None:
+        self.batches, self.seen = batches, seen
+
+    def __iter__(self):
+        self.seen.append(torch.get_float32_matmul_precision())
+        return iter(self.batches)
+
+
+def test_full_float32_inside_and_the_setting_restored_after() -> None:
+    bank, bank_labels = raw_images(6, seed=9)
+    seen: list[str] = []
+    spies = [PrecisionSpy(loader(bank, bank_labels, 3), seen) for _ in range(2)]
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32 on a GPU: not for the pixel reference
+    try:
+        pixel_knn_accuracy(*spies, CLASSES, ks=(2,), centered=False)
+        assert seen == ["highest", "highest"] and torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(previous)
