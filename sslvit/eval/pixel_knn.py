@@ -178,7 +178,8 @@ def pixel_knn_accuracy(
         if need > max_query_gb:  # checked on every batch: cheap, and no state to carry
             raise PixelMemoryError(
                 f"the raw-pixel k-NN would hold {num_queries} query images x {images[0].numel()} pixels "
-                f"= {need:.1f} GiB > max_query_gb={max_query_gb:g}; use fewer eval_val_samples"
+                f"= {need:.1f} GiB > {max_query_gb:g} GiB allowed; lower data.eval_val_samples or raise "
+                "pixels_max_query_gb"
             )
         return PixelRows(normalization)(images)
 
