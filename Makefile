@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 BENCH_ARGS ?= --suite all --budget-s 480 --json outputs/bench/step.json
+RESULTS_ARGS ?=
 
-.PHONY: help install data test test-all lint format train bench clean
+.PHONY: help install data test test-all lint format train bench results clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +50,9 @@ train:  ## the default job: DINO, ViT-tiny/7 on Fashion-MNIST (ARGS="key=value .
 
 bench:  ## pretraining-step benchmark table on a GPU (BENCH_ARGS="..." to change; see docs/benchmarks.md)
 	$(BIN)/python -m benchmarks.step $(BENCH_ARGS)
+
+results:  ## k-NN curves + table of benchmarks/results.yaml's recipes (RESULTS_ARGS="--tiny", "--from-runs DIR", ...)
+	$(BIN)/python -m benchmarks.results $(RESULTS_ARGS)
 
 clean:  ## remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache .mypy_cache

@@ -88,6 +88,20 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
+def knn_line(metrics: dict[str, float]) -> str | None:
+    """``k-NN top-1: 72.40 (init 65.90, raw pixels 80.80)``: the learned k-NN beside its references."""
+    if "val/knn_top1" not in metrics:
+        return None
+    references = [
+        f"{name} {metrics[key]:.2f}"
+        for name, key in (("init", "val/knn_top1_init"), ("raw pixels", "val/knn_top1_pixels"))
+        if key in metrics
+    ]
+    return f"k-NN top-1: {metrics['val/knn_top1']:.2f}" + (
+        f" ({', '.join(references)})" if references else ""
+    )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job described by ``cfg``; return the summary also written to summary.json."""
     start = time.time()
@@ -145,9 +159,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 checkpoints["last"] = cb.last_model_path
             if cb.best_model_path:
                 checkpoints["best"] = cb.best_model_path
+    metrics = scalar_metrics(dict(trainer.callback_metrics))
     summary = {
         "status": status,
-        "metrics": scalar_metrics(dict(trainer.callback_metrics)),
+        "metrics": metrics,
         "checkpoints": checkpoints,
         "output_dir": str(output_dir),
         "wall_time_s": round(time.time() - start, 2),
@@ -156,6 +171,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_json(summary, output_dir / "summary.json")
         print(f"summary: {output_dir / 'summary.json'}")
         print(f"output dir: {output_dir}")
+        line = knn_line(metrics)
+        if line is not None:  # last: the one line to read after a run
+            log.info(line)
     if preempted is not None:
         # Leave as Lightning would (a clean exit); a sweep stops here rather than start jobs that the
         # scheduler is about to kill too.

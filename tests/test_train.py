@@ -1,6 +1,7 @@
 """The training task end to end: composition, fast_dev_run, summary.json, resume, init_from."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from toys import CONF_DIR, TINY, compose_train_cfg
 
-from sslvit.train import train
+from sslvit.train import knn_line, train
 from sslvit.utils.config_errors import ConfigError
 
 METHODS = sorted(p.stem for p in (Path(CONF_DIR) / "method").glob("*.yaml"))
@@ -33,15 +34,19 @@ def test_unknown_key_is_a_hydra_error():
         compose(config_name="config", overrides=["method.no_such_key=1"])
 
 
-def test_fast_dev_run_writes_summary(tmp_path):
+def test_fast_dev_run_writes_summary(tmp_path, caplog):
     cfg = compose_train_cfg(tmp_path, [*TINY, "trainer.fast_dev_run=true"])
-    summary = train(cfg)
+    with caplog.at_level(logging.INFO, logger="sslvit.train"):
+        summary = train(cfg)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk == summary
     metrics = summary["metrics"]
-    for key in ("train/loss", "train/dino_loss", "val/knn_top1", "val/linear_top1"):
+    keys = ("train/loss", "train/dino_loss", "val/knn_top1", "val/linear_top1", "val/knn_top1_init")
+    for key in (*keys, "val/knn_top1_pixels", "val/knn_top1_pixels_centered"):
         assert key in metrics and metrics[key] == metrics[key]  # present and not NaN
     assert 0.0 <= metrics["val/knn_top1"] <= 100.0
+    assert caplog.records[-1].getMessage() == knn_line(metrics)
+    assert f"(init {metrics['val/knn_top1_init']:.2f}, raw pixels" in caplog.records[-1].getMessage()
     assert summary["output_dir"] == str(tmp_path)
     assert summary["wall_time_s"] > 0
 
@@ -73,6 +78,40 @@ def test_resume_continues_and_init_from_copies_teacher(tmp_path):
     for network in (model.student, model.teacher):
         for name, value in network["backbone"].state_dict().items():
             assert torch.equal(value, teacher[name]), name
+
+
+def test_knn_line_puts_the_learned_k_nn_beside_its_references():
+    metrics = {"val/knn_top1": 72.4, "val/knn_top1_init": 65.9, "val/knn_top1_pixels": 80.8}
+    assert knn_line(metrics) == "k-NN top-1: 72.40 (init 65.90, raw pixels 80.80)"
+    assert (
+        knn_line({"val/knn_top1": 72.4, "val/knn_top1_pixels": 80.8})
+        == "k-NN top-1: 72.40 (raw pixels 80.80)"
+    )
+    assert knn_line({"val/knn_top1": 72.4}) == "k-NN top-1: 72.40"
+    assert knn_line({"train/loss": 1.0}) is None
+
+
+def test_resume_keeps_the_init_k_nn_and_turning_it_off_drops_it(tmp_path):
+    run = ["trainer.limit_train_batches=2", "callbacks=knn", "callbacks.knn.pixels_centered=false"]
+    first = train(compose_train_cfg(tmp_path, [*TINY, *run, "trainer.max_epochs=1"]))
+    init = first["metrics"]["val/knn_top1_init"]
+    saved = torch.load(first["checkpoints"]["last"], weights_only=True)["callbacks"]["KNNEvaluation"]
+    assert saved["init_top1"] == pytest.approx(init) and saved["wall_s"] > 0
+    # Resumed at step 2: the init value is the stored one (the weights are no longer the initial ones).
+    resumed = train(compose_train_cfg(tmp_path, [*TINY, *run, "trainer.max_epochs=2", "ckpt_path=last"]))
+    assert resumed["metrics"]["val/knn_top1_init"] == pytest.approx(init)
+    assert resumed["metrics"]["val/wall_s"] > first["metrics"]["val/wall_s"]
+    assert resumed["metrics"]["val/images_seen"] == 4 * 8  # 4 optimizer steps x data=fake's batch of 8
+    on_disk = json.loads((tmp_path / "summary.json").read_text())["metrics"]
+    assert on_disk["val/knn_top1_init"] == pytest.approx(init) and "val/knn_top1_pixels" in on_disk
+
+    off = train(
+        compose_train_cfg(
+            tmp_path / "off", [*TINY, *run, "trainer.max_epochs=1", "callbacks.knn.init_eval=false"]
+        )
+    )
+    assert "val/knn_top1_init" not in off["metrics"] and "val/knn_top1" in off["metrics"]
+    assert "val/knn_top1_init" not in json.loads((tmp_path / "off" / "summary.json").read_text())["metrics"]
 
 
 def test_init_from_rejects_another_architecture(tmp_path):

@@ -11,6 +11,7 @@ Pure torch (no Lightning), so the same function serves the training callback and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -19,6 +20,10 @@ import torch.nn.functional as F
 
 from sslvit.eval.features import extract_backbone_features, feature_slices, select
 from sslvit.eval.inputs import EvalInputs
+from sslvit.eval.neighbours import NearestNeighbours, vote
+from sslvit.eval.pixel_knn import normalization_of, pixel_knn_accuracy
+
+log = logging.getLogger(__name__)
 
 
 def _check_inputs(
@@ -63,15 +68,6 @@ def _neighbours(
         yield start, top_sims, top_idx
 
 
-def _vote(
-    top_sims: torch.Tensor, top_labels: torch.Tensor, num_classes: int, temperature: float
-) -> torch.Tensor:
-    """Sum the exp(sim / T) weights of the neighbours per class: (c, k) -> class scores (c, C)."""
-    weights = (top_sims / temperature).exp()
-    scores = torch.zeros(top_sims.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
-    return scores.scatter_add_(1, top_labels, weights)
-
-
 def weighted_knn_predict(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -103,7 +99,7 @@ def weighted_knn_predict(
     labels = train_labels.to(train_features.device)
     out = torch.empty(test_features.shape[0], num_classes, device=train_features.device)
     for start, top_sims, top_idx in _neighbours(train_features, test_features, k, chunk_size):
-        out[start : start + top_sims.shape[0]] = _vote(top_sims, labels[top_idx], num_classes, temperature)
+        out[start : start + top_sims.shape[0]] = vote(top_sims, labels[top_idx], num_classes, temperature)
     return out
 
 
@@ -140,23 +136,22 @@ def knn_accuracy(
         )
     if test_features.shape[0] == 0:
         raise ValueError("k-NN accuracy needs at least one test feature; got an empty test set")
-    n_train = train_features.shape[0]
-    k_max = min(max(ks), n_train)
-    labels = train_labels.to(train_features.device)
-    targets = test_labels.to(train_features.device)
-    correct = dict.fromkeys(ks, 0)
-    for start, top_sims, top_idx in _neighbours(train_features, test_features, k_max, chunk_size):
-        top_labels = labels[top_idx]  # (c, k_max)
-        chunk_targets = targets[start : start + top_sims.shape[0]]
-        for k in correct:  # dict keys: duplicates in ks are evaluated once
-            kk = min(k, n_train)
-            pred = _vote(top_sims[:, :kk], top_labels[:, :kk], num_classes, temperature).argmax(dim=1)
-            correct[k] += int((pred == chunk_targets).sum())
-    return {k: 100.0 * c / test_features.shape[0] for k, c in correct.items()}
+    k_max = min(max(ks), train_features.shape[0])
+    neighbours = NearestNeighbours(test_features, k_max, chunk_size, device=train_features.device)
+    neighbours.add(train_features, train_labels)
+    return neighbours.accuracy(test_labels, ks, num_classes, temperature)
 
 
-def knn_evaluation(inputs: EvalInputs, ks: Sequence[int], temperature: float) -> dict[str, Any]:
-    """``eval=knn``: weighted k-NN (DINO protocol) on the last block's normalised CLS features."""
+def knn_evaluation(
+    inputs: EvalInputs,
+    ks: Sequence[int],
+    temperature: float,
+    pixels: bool = True,
+    pixels_centered: bool = True,
+    pixels_max_query_gb: float = 4.0,
+) -> dict[str, Any]:
+    """``eval=knn``: weighted k-NN (DINO protocol) on the last block's normalised CLS features, and with
+    ``pixels`` the same k-NN on the raw pixels of the same subsets (:mod:`sslvit.eval.pixel_knn`)."""
     datamodule = inputs.datamodule()
     backbone, device = inputs.backbone.to(inputs.device), inputs.device
     train_x, train_y = extract_backbone_features(backbone, datamodule.eval_dataloader("train"), 1, device)
@@ -165,4 +160,21 @@ def knn_evaluation(inputs: EvalInputs, ks: Sequence[int], temperature: float) ->
     accuracy = knn_accuracy(
         select(train_x, cls), train_y, select(val_x, cls), val_y, datamodule.num_classes, ks, temperature
     )
-    return {"metrics": {f"knn_top1_k{k}": acc for k, acc in accuracy.items()}}
+    metrics = {f"knn_top1_k{k}": acc for k, acc in accuracy.items()}
+    if pixels:
+        floors = pixel_knn_accuracy(
+            datamodule.eval_dataloader("train"),
+            datamodule.eval_dataloader("val"),
+            datamodule.num_classes,
+            ks,
+            temperature,
+            device=device,
+            normalization=normalization_of(datamodule.eval_transform),
+            centered=pixels_centered,
+            max_query_gb=pixels_max_query_gb,
+        )
+        for name, floor in floors.items():
+            metrics.update({f"knn_top1_{name}_k{k}": acc for k, acc in floor.items()})
+        k = 20 if 20 in accuracy else next(iter(accuracy))
+        log.info("k-NN top-1 (k=%d): %.2f (raw pixels %.2f)", k, accuracy[k], floors["pixels"][k])
+    return {"metrics": metrics}

@@ -11,6 +11,9 @@ losses).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 PRECISIONS = ("highest", "high", "medium")
@@ -25,3 +28,14 @@ def set_float32_matmul_precision(precision: str | None) -> None:
             f"float32_matmul_precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
         )
     torch.set_float32_matmul_precision(precision)
+
+
+@contextlib.contextmanager
+def full_float32_matmuls() -> Iterator[None]:
+    """Full float32 products inside the block (no TF32), whatever the process-wide setting."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)

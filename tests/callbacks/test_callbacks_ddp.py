@@ -8,6 +8,7 @@ from types import ModuleType
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 from two_processes import load_worker as load_two_process_worker
 from two_processes import run_on_two_processes
 
@@ -48,3 +49,17 @@ def test_probe_step_matches_global_batch_step(ddp_results: list[dict]) -> None:
     for result in ddp_results:  # identical copies, equal to one process stepping on the global batch
         torch.testing.assert_close(result["probe"]["weight"], reference.probe.weight.detach())
         torch.testing.assert_close(result["probe"]["bias"], reference.probe.bias.detach())
+
+
+@pytest.mark.ddp
+def test_pixel_knn_of_shards_equals_one_process(ddp_results: list[dict]) -> None:
+    worker = _worker_module()
+    bank, queries = worker.pixel_sets()
+    expected = worker.pixel_floor(
+        DataLoader(TensorDataset(*bank, torch.arange(7)), batch_size=3),
+        DataLoader(TensorDataset(*queries, torch.arange(41)), batch_size=8),
+    )
+    assert set(expected) == {"pixels", "pixels_centered"}
+    for result in ddp_results:  # padding dropped, shards merged, the bank mean counted once per sample
+        for name, accuracy in expected.items():
+            assert result["pixels"][name] == pytest.approx(accuracy), name

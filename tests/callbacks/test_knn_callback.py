@@ -12,7 +12,9 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from sslvit.callbacks import KNNEvaluation, extract_features
+from sslvit.callbacks import knn as knn_callback
 from sslvit.eval.knn import knn_accuracy
+from sslvit.eval.pixel_knn import pixel_knn_accuracy
 
 
 class RecordingKNN(KNNEvaluation):
@@ -140,3 +142,75 @@ def test_missing_eval_dataloader_is_a_clear_error(
 
     with pytest.raises(TypeError, match="eval_dataloader"):
         _trainer(tmp_path, [KNNEvaluation()]).fit(make_module(), datamodule=NoEvalDataModule())
+
+
+class ScrambledAtInit(pl.LightningModule):
+    """Features = the first two pixels before the first optimizer step (a poor k-NN), all of them
+    afterwards; so the init and learned k-NN differ by a known amount."""
+
+    def __init__(self, inner: pl.LightningModule) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.inner(images)
+        return features[:, :2] if self.trainer.global_step == 0 else features
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        return self.inner.training_step(batch, batch_idx)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.inner.configure_optimizers()
+
+
+def test_pixels_init_and_progress_are_logged_and_pixels_computed_once(
+    tmp_path: Path, make_module: Any, make_datamodule: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> dict[str, dict[int, float]]:
+        calls.append(1)
+        return pixel_knn_accuracy(*args, **kwargs)
+
+    monkeypatch.setattr(knn_callback, "pixel_knn_accuracy", counted)
+    dm = make_datamodule(n_train=64, n_val=32, val_flip=8)
+    logger = CSVLogger(tmp_path)
+    knn = RecordingKNN()
+    trainer = _trainer(tmp_path, [knn], logger=logger)  # 2 epochs of 4 steps: 2 evaluations
+    trainer.fit(ScrambledAtInit(make_module()), datamodule=dm)
+    assert knn.evaluated_at == [0, 1] and len(calls) == 1  # cached for the datamodule
+
+    (tr_x, tr_y), (va_x, va_y) = dm.train, dm.val
+    tr_x, va_x = tr_x.flatten(1), va_x.flatten(1)  # the toy's images have no normalisation to undo
+    init = knn_accuracy(tr_x[:, :2], tr_y, va_x[:, :2], va_y, 4, ks=(20,))[20]
+    mean = tr_x.mean(0)
+    centred = knn_accuracy(tr_x - mean, tr_y, va_x - mean, va_y, 4, ks=(20,))[20]
+    metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    assert metrics["val/knn_top1"] == pytest.approx(75.0)
+    assert metrics["val/knn_top1_pixels"] == pytest.approx(75.0)  # features are the pixels here
+    assert metrics["val/knn_top1_pixels_centered"] == pytest.approx(centred)
+    assert metrics["val/knn_top1_init"] == pytest.approx(init) and init < 60.0
+    # One row at step 0 with the references, then one per evaluation; images = steps x batch 16.
+    assert _csv_column(logger, "val/knn_top1_init") == pytest.approx([init] * 3)
+    assert _csv_column(logger, "val/knn_top1_pixels") == pytest.approx([75.0] * 3)
+    assert _csv_column(logger, "val/images_seen") == pytest.approx([0.0, 64.0, 128.0])
+    wall = _csv_column(logger, "val/wall_s")
+    assert 0.0 < wall[0] < wall[1] < wall[2]
+    assert knn.state_dict()["init_top1"] == pytest.approx(init)
+
+
+def test_references_can_be_turned_off(tmp_path: Path, make_module: Any, make_datamodule: Any) -> None:
+    trainer = _trainer(tmp_path, [KNNEvaluation(init_eval=False, pixels=False)], max_epochs=1)
+    trainer.fit(make_module(), datamodule=make_datamodule())
+    metrics = trainer.callback_metrics
+    assert "val/knn_top1" in metrics and "val/images_seen" in metrics
+    assert not any(key.startswith(("val/knn_top1_init", "val/knn_top1_pixels")) for key in metrics)
+
+
+def test_init_is_restored_not_remeasured(tmp_path: Path, make_module: Any, make_datamodule: Any) -> None:
+    knn = KNNEvaluation()
+    knn.load_state_dict({"init_top1": 12.5, "wall_s": 100.0})  # what a checkpoint of step > 0 holds
+    trainer = _trainer(tmp_path, [knn], max_epochs=1)
+    trainer.fit(make_module(), datamodule=make_datamodule())
+    assert float(trainer.callback_metrics["val/knn_top1_init"]) == pytest.approx(12.5)
+    assert float(trainer.callback_metrics["val/wall_s"]) > 100.0  # seconds continue from the checkpoint

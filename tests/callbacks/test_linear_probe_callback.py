@@ -140,7 +140,7 @@ def test_resume_from_checkpoint_restores_probe(
 
 def test_probe_and_knn_share_val_features(tmp_path: Path, make_module: Any, make_datamodule: Any) -> None:
     module = make_module()
-    callbacks = [KNNEvaluation(ks=(20,)), LinearProbe()]
+    callbacks = [KNNEvaluation(ks=(20,), init_eval=False), LinearProbe()]
     _trainer(tmp_path, callbacks, max_epochs=1).fit(module, datamodule=make_datamodule(n_train=64, n_val=32))
     # One eval pass over train (4 batches) and one over val (2 batches), not two over val.
     eval_passes = module.forward_modes.count(False)

@@ -34,13 +34,16 @@ class EvalTransform:
         self.resize_size = int(resize_size) if resize_size is not None else self.size
         if self.resize_size < self.size:
             raise ValueError(f"resize_size {self.resize_size} is smaller than the crop size {self.size}")
+        # Kept so that the raw-pixel k-NN can undo the normalisation (sslvit.eval.pixel_knn).
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
         self.transform = T.Compose(
             [
                 # Pillow returns an unresampled copy when the size already matches.
                 T.Resize(self.resize_size, interpolation=T.InterpolationMode.BICUBIC),
                 T.CenterCrop(self.size),
                 T.ToTensor(),
-                T.Normalize(tuple(float(m) for m in mean), tuple(float(s) for s in std)),
+                T.Normalize(self.mean, self.std),
             ]
         )
 
