@@ -81,7 +81,9 @@ class DINOHead(nn.Module):
         """(..., in_dim) -> l2-normalised (..., bottleneck_dim) embedding."""
         # BatchNorm1d wants (N, C): flatten any leading dims (patch heads see (B, N, D)).
         flat = x.reshape(-1, x.shape[-1])
-        return F.normalize(self.mlp(flat), dim=-1).reshape(*x.shape[:-1], -1)
+        embedded = F.normalize(self.mlp(flat), dim=-1)
+        # The width is spelled out: a batch without masked patches gives 0 rows, where -1 is ambiguous.
+        return embedded.reshape(*x.shape[:-1], embedded.shape[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_dim) features -> (..., out_dim) logits."""
