@@ -124,7 +124,7 @@ class IBOT(SelfDistillationModule):
 
     def training_step(self, batch: MultiCropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         if batch.masks is None:
-            raise ValueError("iBOT needs masked global crops: select a masking config (data/masking=block)")
+            raise ValueError("iBOT needs masked global crops: select a masking config (data/masking=ibot)")
         num_global, batch_size = len(batch.global_crops), batch.batch_size
         globals_ = torch.cat(batch.global_crops)  # (G*B, C, H, W)
         self.log_skipped(batch.num_skipped)

@@ -51,6 +51,8 @@ class VQKDTraining(ViTPretrainingModule):
         decay: codebook EMA decay (0.99).
         kmeans_init / kmeans_iters: k-means initialisation on the first batch (on, 10 iterations).
         dead_code_steps: re-seed entries unused for this many steps (0 = off, as in the paper).
+        codebook_update: ``"batch_mean"`` (BEiT v2's official rule: entries move towards the direction
+            of their batch mean) or ``"running_mean"`` (count-weighted running averages).
         decoder_depth / decoder_dim / decoder_heads: decoder shape (3 blocks at the encoder's width).
         commitment_weight: weight of the commitment loss (1.0).
         usage_window: steps per codebook-usage window.
@@ -71,6 +73,7 @@ class VQKDTraining(ViTPretrainingModule):
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
         dead_code_steps: int = 0,
+        codebook_update: str = "batch_mean",
         decoder_depth: int = 3,
         decoder_dim: int | None = None,
         decoder_heads: int | None = None,
@@ -92,6 +95,7 @@ class VQKDTraining(ViTPretrainingModule):
             kmeans_init=kmeans_init,
             kmeans_iters=kmeans_iters,
             dead_code_steps=dead_code_steps,
+            codebook_update=codebook_update,
             decoder_depth=decoder_depth,
             decoder_dim=decoder_dim,
             decoder_heads=decoder_heads,

@@ -12,6 +12,8 @@ from sslvit.utils.codebook_stats import usage_and_perplexity
 from sslvit.utils.distributed import all_gather_cat, all_reduce_sum, world_size
 from sslvit.utils.id_counts import id_counts
 
+CODEBOOK_UPDATES = ("batch_mean", "running_mean")
+
 
 class Quantized(NamedTuple):
     """Output of :class:`NormEMAQuantizer`.
@@ -82,15 +84,24 @@ def spherical_kmeans(samples: Tensor, num_clusters: int, iters: int, seed: int) 
 
 class NormEMAQuantizer(nn.Module):
     """Nearest-neighbour quantiser on the unit sphere with an EMA codebook (Peng et al., 2022, BEiT v2,
-    arXiv:2208.06366, section 2.2; EMA codebook after van den Oord et al., 2017, arXiv:1711.00937).
+    arXiv:2208.06366, section 2.2).
 
     Inputs and codebook entries are l2-normalised, so the nearest entry by Euclidean distance is the one
-    with the largest cosine similarity. The codebook is not trained by gradients: in training mode each
-    call updates exponential moving averages of every entry's cluster size ``N_k`` and of the sum of the
-    inputs assigned to it ``m_k`` (decay 0.99), and sets ``e_k = l2norm(m_k / N~_k)`` where ``N~_k`` is
-    the Laplace-smoothed size (keeps the division finite for entries whose size has decayed to ~0; a
-    positive per-row scale, so it never changes an entry's direction). Assignment counts and sums are
-    all-reduced, so every process holds the same codebook.
+    with the largest cosine similarity. The codebook is not trained by gradients: each training call
+    moves the entries towards the inputs assigned to them, by one of two rules (``codebook_update``):
+
+    * ``"batch_mean"`` (default, BEiT v2's official quantizer): every entry used in this batch moves
+      towards the direction of the mean of its assigned inputs, ``e_k <- l2norm(d e_k + (1 - d)
+      l2norm(mean_k))``; unused entries stay where they are. Each step weighs an entry's batch mean the
+      same whether one input or a thousand were assigned to it.
+    * ``"running_mean"`` (van den Oord et al., 2017, arXiv:1711.00937): exponential moving averages of
+      each entry's assignment count ``N_k`` and input sum ``m_k`` give ``e_k = l2norm(m_k / N~_k)``, with
+      ``N~_k`` the Laplace-smoothed count (keeps the division finite for entries whose count has decayed
+      to ~0; a positive per-row scale, so it never changes an entry's direction). An entry's position
+      is the count-weighted average of its inputs over recent batches.
+
+    Assignment counts and input sums are all-reduced before either rule, so the means are those of the
+    global batch and every process holds the same codebook.
 
     The codebook starts from spherical k-means on the first training batch (all processes' vectors), and
     entries left unused for ``dead_code_steps`` consecutive updates can be re-seeded from the current
@@ -99,17 +110,18 @@ class NormEMAQuantizer(nn.Module):
     Args:
         num_codes: codebook size K (8192 in BEiT v2).
         code_dim: entry dimension d (32).
-        decay: EMA decay (0.99).
-        eps: Laplace smoothing constant.
+        decay: EMA decay d (0.99).
+        eps: Laplace smoothing constant of ``"running_mean"``.
         kmeans_init: initialise with k-means on the first training batch (else random unit vectors).
         kmeans_iters: Lloyd iterations of that initialisation.
         dead_code_steps: re-seed entries unused for this many training updates (0 = never).
         seed: seed of the initial codebook and of the k-means++ draws (identical on every process).
+        codebook_update: ``"batch_mean"`` or ``"running_mean"`` (see above).
     """
 
     codebook: Tensor  # (K, d) unit rows
-    cluster_size: Tensor  # (K,) EMA of N_k
-    embed_sum: Tensor  # (K, d) EMA of m_k
+    cluster_size: Tensor  # (K,) EMA of N_k ("running_mean")
+    embed_sum: Tensor  # (K, d) EMA of m_k ("running_mean")
     initialised: Tensor  # () bool
     steps_unused: Tensor  # (K,) int64
     usage_counts: Tensor  # (K,) float
@@ -124,8 +136,11 @@ class NormEMAQuantizer(nn.Module):
         kmeans_iters: int = 10,
         dead_code_steps: int = 0,
         seed: int = 0,
+        codebook_update: str = "batch_mean",
     ) -> None:
         super().__init__()
+        if codebook_update not in CODEBOOK_UPDATES:
+            raise ValueError(f"codebook_update must be one of {CODEBOOK_UPDATES}, got {codebook_update!r}")
         if num_codes < 1 or code_dim < 1 or not 0.0 <= decay < 1.0 or dead_code_steps < 0:
             raise ValueError(
                 f"need num_codes, code_dim >= 1, 0 <= decay < 1, dead_code_steps >= 0; got {num_codes}, "
@@ -135,10 +150,13 @@ class NormEMAQuantizer(nn.Module):
         self.decay, self.eps = float(decay), float(eps)
         self.kmeans_iters, self.dead_code_steps = int(kmeans_iters), int(dead_code_steps)
         self.seed = int(seed)
+        self.codebook_update = codebook_update
         codebook = F.normalize(
             torch.randn(num_codes, code_dim, generator=torch.Generator().manual_seed(seed)), dim=1
         )
         self.register_buffer("codebook", codebook)  # (K, d), unit rows
+        # The running statistics of "running_mean", registered under either rule so that a tokenizer
+        # file loads whichever rule is chosen.
         self.register_buffer("cluster_size", torch.ones(num_codes))  # EMA of N_k
         self.register_buffer("embed_sum", codebook.clone())  # EMA of m_k
         self.register_buffer("initialised", torch.tensor(not kmeans_init))
@@ -197,16 +215,22 @@ class NormEMAQuantizer(nn.Module):
 
     @torch.no_grad()
     def ema_update(self, flat: Tensor, ids: Tensor) -> None:
-        """One EMA step from this batch's (all-reduced) assignments, then optional dead-entry restarts."""
+        """One codebook step from this batch's (all-reduced) assignments, then optional restarts."""
         counts = id_counts(ids, self.num_codes).to(flat.dtype)  # n_k
-        sums = torch.zeros_like(self.embed_sum).index_add_(0, ids, flat)  # sum of z assigned to k
+        sums = torch.zeros_like(self.codebook).index_add_(0, ids, flat)  # sum of z assigned to k
         all_reduce_sum(counts)
         all_reduce_sum(sums)
-        self.cluster_size.mul_(self.decay).add_(counts, alpha=1.0 - self.decay)
-        self.embed_sum.mul_(self.decay).add_(sums, alpha=1.0 - self.decay)
-        total = self.cluster_size.sum()
-        smoothed = (self.cluster_size + self.eps) / (total + self.num_codes * self.eps) * total
-        self.codebook.copy_(F.normalize(self.embed_sum / smoothed[:, None], dim=1))
+        if self.codebook_update == "batch_mean":
+            used = (counts > 0)[:, None]
+            # The mean's direction is the sum's: normalising the sum skips the division by n_k.
+            target = torch.where(used, F.normalize(sums, dim=1), self.codebook)
+            self.codebook.copy_(F.normalize(self.codebook.lerp(target, 1.0 - self.decay), dim=1))
+        else:
+            self.cluster_size.mul_(self.decay).add_(counts, alpha=1.0 - self.decay)
+            self.embed_sum.mul_(self.decay).add_(sums, alpha=1.0 - self.decay)
+            total = self.cluster_size.sum()
+            smoothed = (self.cluster_size + self.eps) / (total + self.num_codes * self.eps) * total
+            self.codebook.copy_(F.normalize(self.embed_sum / smoothed[:, None], dim=1))
         self.usage_counts.add_(counts)
         self.steps_unused.add_(1).masked_fill_(counts > 0, 0)
         if self.dead_code_steps > 0:

@@ -106,6 +106,8 @@ class VQKD(nn.Module):
         decay: codebook EMA decay (0.99).
         kmeans_init / kmeans_iters: k-means initialisation of the codebook on the first training batch.
         dead_code_steps: re-seed entries unused for this many training steps (0 = off, as in the paper).
+        codebook_update: ``"batch_mean"`` (BEiT v2's rule) or ``"running_mean"``; see
+            :class:`NormEMAQuantizer`.
         decoder_depth: decoder blocks (3 in the paper's main tokenizer, 1 in its ablation).
         decoder_dim / decoder_heads: decoder width and heads (default: the encoder's).
         pixel_mean / pixel_std: the normalisation the encoder was trained with (the data config's);
@@ -122,6 +124,7 @@ class VQKD(nn.Module):
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
         dead_code_steps: int = 0,
+        codebook_update: str = "batch_mean",
         decoder_depth: int = 3,
         decoder_dim: int | None = None,
         decoder_heads: int | None = None,
@@ -140,6 +143,7 @@ class VQKD(nn.Module):
             "kmeans_init": bool(kmeans_init),
             "kmeans_iters": int(kmeans_iters),
             "dead_code_steps": int(dead_code_steps),
+            "codebook_update": str(codebook_update),
             "decoder_depth": int(decoder_depth),
             "decoder_dim": decoder_dim,
             "decoder_heads": decoder_heads,
@@ -159,7 +163,7 @@ class VQKD(nn.Module):
         self.encode_proj = _projection(width, code_dim)
         self.quantizer = NormEMAQuantizer(
             num_codes, code_dim, decay, kmeans_init=kmeans_init, kmeans_iters=kmeans_iters,
-            dead_code_steps=dead_code_steps,
+            dead_code_steps=dead_code_steps, codebook_update=codebook_update,
         )  # fmt: skip
         self.decoder = CodeDecoder(code_dim, decoder_dim, decoder_depth, decoder_heads, (grid[0], grid[1]))
         self.decode_proj = _projection(decoder_dim, int(teacher_dim))

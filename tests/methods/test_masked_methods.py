@@ -41,6 +41,15 @@ def test_fast_dev_run_logs_every_loss_term(tmp_path, method, terms):
     assert "val/knn_top1" in metrics
 
 
+def test_a_batch_without_masked_crops_trains(tmp_path):
+    # iBOT masks each crop with probability 0.5, so a small batch is sometimes left without masks: the
+    # patch head then sees 0 tokens and the patch loss is 0, not an error or NaN.
+    overrides = [*TINY_MASKED, "method=ibot", "data.masking.mask_probability=0.0"]
+    metrics = train(compose_train_cfg(tmp_path, overrides))["metrics"]
+    assert metrics["train/ibot_loss"] == 0.0
+    assert metrics["train/dino_loss"] == metrics["train/dino_loss"] and metrics["train/loss"] < 1e6
+
+
 def test_highres_stage_loads_a_low_resolution_checkpoint(tmp_path):
     low = train(compose_train_cfg(tmp_path / "low", [*TINY_MASKED, "method=dinov2", "callbacks=checkpoint"]))
     checkpoint = low["checkpoints"]["last"]

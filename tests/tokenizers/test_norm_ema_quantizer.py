@@ -1,4 +1,5 @@
-"""NormEMAQuantizer: k-means initialisation, the EMA update by hand, usage, dead-entry restarts."""
+"""NormEMAQuantizer: k-means initialisation, both codebook updates (BEiT v2's official numbers and by
+hand), usage, dead-entry restarts."""
 
 import pytest
 import torch
@@ -31,8 +32,69 @@ def test_kmeans_init_puts_one_code_on_each_cluster():
     assert torch.allclose(quantizer.cluster_size, torch.full((6,), 40.0), atol=1e-4)
 
 
-def test_ema_update_matches_hand_computation():
-    quantizer = NormEMAQuantizer(num_codes=2, code_dim=2, decay=0.5, eps=1e-12, kmeans_init=False).train()
+# BEiT v2's official quantizer on two batches: microsoft/unilm at
+# 768a3c873f598bb9b4d4dfb9267b099e35f8fe56, beit2/norm_ema_quantizer.py, NormEMAVectorQuantizer(5, 4,
+# beta=1.0, decay=0.99, kmeans_init=False) in training mode, its embedding weight set to CODEBOOK, called
+# on BATCH_1 then BATCH_2 (as (1, 4, 1, n) inputs). Entries used per batch: [3, 1, 0, 2, 0], then
+# [1, 0, 2, 0, 1]: every entry is used 0, 1 and >= 2 times in some step; entry 4 is used in step 2 only.
+CODEBOOK = F.normalize(torch.cat([torch.eye(4), -torch.ones(1, 4)]), dim=1)
+BATCH_1 = torch.tensor(
+    [
+        [2.0, 0.3, -0.2, 0.1],
+        [0.5, 0.1, 0.2, 0.0],
+        [3.0, -0.6, 0.0, 0.4],
+        [0.2, 1.5, 0.1, -0.3],
+        [0.1, -0.2, 0.3, 0.9],
+        [0.0, 0.4, -0.1, 2.0],
+    ]
+)
+BATCH_2 = torch.tensor(
+    [[1.0, 0.2, 0.3, -0.1], [0.1, 0.2, 1.2, 0.3], [-0.3, 0.1, 0.8, 0.0], [-0.5, -0.7, -0.4, -0.6]]
+)
+OFFICIAL_IDS = ([0, 0, 0, 1, 3, 3], [0, 2, 2, 4])
+OFFICIAL_COMMIT_LOSSES = (0.02156858891248703, 0.024814708158373833)
+OFFICIAL_CODEBOOK = torch.tensor(
+    [
+        [9.99990225e-01, 2.33914843e-03, 3.72653082e-03, -3.24124703e-04],
+        [1.29407330e-03, 9.99997079e-01, 6.47036650e-04, -1.94111012e-03],
+        [-1.38913409e-03, 1.42098416e-03, 9.99997318e-01, 1.23163639e-03],
+        [5.33566810e-04, -4.84424163e-05, 1.34602748e-03, 9.99998987e-01],
+        [-4.99553472e-01, -5.01335561e-01, -4.98662442e-01, -5.00444531e-01],
+    ]
+)
+
+
+def test_batch_mean_update_equals_the_official_quantizer():
+    quantizer = NormEMAQuantizer(num_codes=5, code_dim=4, decay=0.99, kmeans_init=False).train()
+    assert quantizer.codebook_update == "batch_mean"  # the default
+    with torch.no_grad():
+        quantizer.codebook.copy_(CODEBOOK)
+    for batch, ids, commit in zip((BATCH_1, BATCH_2), OFFICIAL_IDS, OFFICIAL_COMMIT_LOSSES, strict=True):
+        out = quantizer(batch)
+        assert out.ids.tolist() == ids
+        assert out.commit_loss.item() == pytest.approx(commit, rel=1e-5)
+    assert torch.allclose(quantizer.codebook, OFFICIAL_CODEBOOK, atol=1e-6)
+
+
+def test_batch_mean_update_by_hand():
+    """e_k <- l2norm(d e_k + (1 - d) l2norm(mean of the inputs assigned to k)); unused entries stay."""
+    quantizer = NormEMAQuantizer(num_codes=3, code_dim=2, decay=0.5, kmeans_init=False).train()
+    with torch.no_grad():
+        quantizer.codebook.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    # entry 0 gets (0.8, 0.6) and (1, 0), mean (0.9, 0.3); entry 1 gets (0.6, 0.8); entry 2 nothing
+    quantizer(torch.tensor([[0.8, 0.6], [1.0, 0.0], [0.6, 0.8]]))
+    mean_0 = F.normalize(torch.tensor([0.9, 0.3]), dim=0)
+    expected_0 = F.normalize(0.5 * torch.tensor([1.0, 0.0]) + 0.5 * mean_0, dim=0)
+    expected_1 = F.normalize(0.5 * torch.tensor([0.0, 1.0]) + 0.5 * torch.tensor([0.6, 0.8]), dim=0)
+    assert torch.allclose(quantizer.codebook[0], expected_0, atol=1e-6)
+    assert torch.allclose(quantizer.codebook[1], expected_1, atol=1e-6)
+    assert torch.allclose(quantizer.codebook[2], torch.tensor([-1.0, 0.0]), atol=1e-6)
+
+
+def test_running_mean_update_matches_hand_computation():
+    quantizer = NormEMAQuantizer(
+        num_codes=2, code_dim=2, decay=0.5, eps=1e-12, kmeans_init=False, codebook_update="running_mean"
+    ).train()
     with torch.no_grad():
         quantizer.codebook.copy_(torch.eye(2))
         quantizer.embed_sum.copy_(torch.eye(2))
@@ -114,5 +176,7 @@ def test_dead_code_restart_revives_unused_codes():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="decay"):
         NormEMAQuantizer(8, 4, decay=1.0)
+    with pytest.raises(ValueError, match="codebook_update"):
+        NormEMAQuantizer(8, 4, codebook_update="vqvae")
     with pytest.raises(ValueError, match=r"\(\.\.\., 4\)"):
         NormEMAQuantizer(8, 4)(torch.zeros(2, 3))

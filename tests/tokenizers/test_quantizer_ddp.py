@@ -1,4 +1,4 @@
-"""The codebook update under 2 CPU processes (gloo) equals one process on the concatenated batch."""
+"""Both codebook updates under 2 CPU processes (gloo) equal one process on the concatenated batch."""
 
 from pathlib import Path
 
@@ -22,18 +22,19 @@ def test_two_processes_update_the_codebook_like_one(tmp_path):
     assert results["world"] == 2
 
     worker = load_worker()
-    single = worker.make_quantizer()
-    last_ids = None
-    for batch in worker.global_batches():
-        last_ids = single(batch).ids
-    expected = worker.state(single)
-    rank0, rank1 = results["states"]
-    assert torch.equal(rank0, rank1)  # every process holds the same codebook
-    assert torch.allclose(rank0, expected, atol=1e-5)
-    assert torch.equal(results["last_ids"], last_ids)
+    for rule in worker.RULES:
+        single = worker.make_quantizer(rule)
+        last_ids = None
+        for batch in worker.global_batches():
+            last_ids = single(batch).ids
+        expected = worker.state(single)
+        rank0, rank1 = results[rule]["states"]
+        assert torch.equal(rank0, rank1), rule  # every process holds the same codebook
+        assert torch.allclose(rank0, expected, atol=1e-5), rule
+        assert torch.equal(results[rule]["last_ids"], last_ids), rule
 
-    # and a process that only saw its own half would have another codebook
-    half = worker.make_quantizer()
-    for batch in worker.global_batches():
-        half(batch[:12])
-    assert not torch.allclose(worker.state(half), expected, atol=1e-3)
+        # and a process that only saw its own half would have another codebook
+        half = worker.make_quantizer(rule)
+        for batch in worker.global_batches():
+            half(batch[:12])
+        assert not torch.allclose(worker.state(half), expected, atol=1e-3), rule
