@@ -1,4 +1,4 @@
-"""Gaussian blur of PIL images with a separable kernel.
+"""Gaussian blur of PIL images (and of float ``(C, H, W)`` tensors) with a separable kernel.
 
 Same result as ``torchvision.transforms.GaussianBlur`` (odd kernel, sigma drawn uniformly per call from
 ``torch``'s generator, reflect padding, rounding back to uint8), but two 1-D passes in numpy instead of a
@@ -16,7 +16,8 @@ from PIL import Image
 
 
 class GaussianBlur:
-    """Blur a PIL image with a Gaussian of random sigma, truncated to ``kernel_size``.
+    """Blur a PIL image, or a float ``(C, H, W)`` tensor with any C, with a Gaussian of random sigma,
+    truncated to ``kernel_size``.
 
     Args:
         kernel_size: odd kernel side in pixels.
@@ -32,8 +33,12 @@ class GaussianBlur:
         self.kernel_size = kernel_size
         self.sigma = (low, high)
 
-    def __call__(self, image: Image.Image) -> Image.Image:
+    def __call__(self, image: Image.Image | torch.Tensor) -> Image.Image | torch.Tensor:
         sigma = torch.empty(1).uniform_(*self.sigma).item()
+        if isinstance(image, torch.Tensor):
+            pixels = image.float().permute(1, 2, 0).numpy()  # (H, W, C)
+            blurred = _blur_array(pixels, self.kernel_size, sigma)
+            return torch.from_numpy(np.ascontiguousarray(blurred.transpose(2, 0, 1)))
         return blur_pil(image, self.kernel_size, sigma)
 
     def __repr__(self) -> str:
@@ -42,7 +47,12 @@ class GaussianBlur:
 
 def blur_pil(image: Image.Image, kernel_size: int, sigma: float) -> Image.Image:
     """Blur an RGB (or L) PIL image with a fixed-sigma separable Gaussian kernel (reflect padding)."""
-    pixels = np.asarray(image, dtype=np.float32)  # (H, W, C) or (H, W)
+    out = _blur_array(np.asarray(image, dtype=np.float32), kernel_size, sigma)
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+
+
+def _blur_array(pixels: np.ndarray, kernel_size: int, sigma: float) -> np.ndarray:
+    """Blur float32 ``(H, W, C)`` or ``(H, W)`` pixels (reflect padding), unrounded."""
     radius = kernel_size // 2
     offsets = np.arange(kernel_size, dtype=np.float32) - radius
     weights = np.exp(-0.5 * (offsets / sigma) ** 2)
@@ -58,7 +68,7 @@ def blur_pil(image: Image.Image, kernel_size: int, sigma: float) -> Image.Image:
     out = weights[0] * rows[:height]
     for i in range(1, kernel_size):
         out += weights[i] * rows[i : i + height]
-    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+    return out
 
 
 def blur_kernel_size(crop_size: int) -> int:
