@@ -99,3 +99,20 @@ def test_band_folders_train_end_to_end(tmp_path, in_chans):
     assert math.isfinite(metrics["train/loss"])
     assert 0.0 <= metrics["val/knn_top1"] <= 100.0
     assert metrics["data/skipped_images"] == (1.0 if in_chans == 5 else 0.0)
+
+
+def test_an_rgb_timm_teacher_reads_grey_images_through_a_summed_patch_embedding(tmp_path):
+    import timm
+
+    from sslvit.utils.feature_teacher_loader import load_feature_teacher
+
+    torch.manual_seed(0)
+    rgb = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, dynamic_img_size=True)
+    torch.save(rgb.state_dict(), tmp_path / "rgb.pth")
+    teacher = load_feature_teacher(arch="vit_tiny_patch16_224", weights=str(tmp_path / "rgb.pth"), in_chans=1)
+    grey = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        want = rgb.eval().forward_features(grey.expand(-1, 3, -1, -1))
+        got = teacher.model.forward_features(grey)
+    assert teacher.model.patch_embed.proj.in_channels == 1
+    assert torch.allclose(got, want, atol=1e-4)
