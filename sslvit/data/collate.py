@@ -44,8 +44,8 @@ def collate_multicrop(
     """
     kept = readable(samples)
     num_global, num_local = len(kept[0][0][0]), len(kept[0][0][1])
-    global_crops = [torch.stack([s[0][0][v] for s in kept]) for v in range(num_global)]
-    local_crops = [torch.stack([s[0][1][v] for s in kept]) for v in range(num_local)]
+    global_crops = [stack_crops([s[0][0][v] for s in kept]) for v in range(num_global)]
+    local_crops = [stack_crops([s[0][1][v] for s in kept]) for v in range(num_local)]
     labels = torch.tensor([int(s[1]) for s in kept], dtype=torch.int64)
     masks = None
     if mask_fn is not None:
@@ -59,6 +59,14 @@ def collate_multicrop(
         masks=masks,
         num_skipped=len(samples) - len(kept),
     )
+
+
+def stack_crops(crops: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack one view's crops. A folder mixing pictures (uint8 crops) and array files (float crops in
+    [0, 1]) gives both kinds in a batch: then the uint8 ones are divided by 255 and all stay float."""
+    if len({crop.dtype for crop in crops}) > 1:
+        crops = [crop.float() / 255 if crop.dtype == torch.uint8 else crop.float() for crop in crops]
+    return torch.stack(list(crops))
 
 
 def readable(samples: Sequence[Any]) -> list[Any]:

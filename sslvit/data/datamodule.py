@@ -55,6 +55,15 @@ class SSLDataModule(L.LightningDataModule):
         val_root: the same for a separate validation folder.
         labelled: the same for whether a folder has class sub-folders.
         on_bad_image: the same for the folder datasets' policy on unreadable files (skip / fail).
+        in_chans: channels of every image (``data.in_chans``, which the backbone reads too); the
+            datasets and transforms that state a channel count must agree with it.
+        scale / scale_percentiles: config conveniences for the folder datasets' array scaling
+            (``data.scale``); only stored.
+
+    Raises:
+        ValueError: bad sizes, crops that are not whole patch grids, evaluation sets without an
+            ``eval_transform``, or a dataset / transform built for another channel count than
+            ``in_chans``.
     """
 
     def __init__(
@@ -79,6 +88,9 @@ class SSLDataModule(L.LightningDataModule):
         val_root: str | None = None,
         labelled: bool | None = None,
         on_bad_image: str | None = None,
+        in_chans: int = 3,
+        scale: str | None = None,
+        scale_percentiles: Any = None,
     ) -> None:
         super().__init__()
         if (
@@ -117,6 +129,13 @@ class SSLDataModule(L.LightningDataModule):
         self.seed = seed
         self.root, self.val_root, self.labelled = root, val_root, labelled
         self.on_bad_image = on_bad_image
+        self.in_chans = int(in_chans)
+        self.scale, self.scale_percentiles = scale, scale_percentiles
+        _check_channels(
+            self.in_chans,
+            {"train_set": train_set, "transform": transform, "eval_train_set": eval_train_set,
+             "eval_val_set": eval_val_set, "eval_transform": eval_transform},
+        )  # fmt: skip
         self._num_classes = _shared_num_classes(eval_train_set, eval_val_set)
 
     @property
@@ -230,6 +249,17 @@ class SSLDataModule(L.LightningDataModule):
         if dataset is None:
             raise ValueError(f"no evaluation dataset for split {split!r} (data.eval_{split}_set is null)")
         return dataset
+
+
+def _check_channels(in_chans: int, parts: dict[str, Any]) -> None:
+    """Every part that states a channel count (an ``in_chans`` attribute) states ``in_chans``."""
+    for name, part in parts.items():
+        stated = getattr(part, "in_chans", None)
+        if stated is not None and int(stated) != in_chans:
+            raise ValueError(
+                f"data.{name} is built for {stated} channels but data.in_chans={in_chans}: let it read "
+                "${data.in_chans}"
+            )
 
 
 def _shared_num_classes(train_set: Any, val_set: Any) -> int:

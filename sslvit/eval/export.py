@@ -131,7 +131,10 @@ def export_evaluation(inputs: EvalInputs, stem: str, check_images: int) -> dict[
         images = next(iter(datamodule.eval_dataloader("val")))[0][:check_images]
     else:
         height, width = backbone.patch_embed.img_size
-        images = torch.randn(check_images, 3, height, width, generator=torch.Generator().manual_seed(0))
+        channels = int(backbone.patch_embed.proj.in_channels)
+        images = torch.randn(
+            check_images, channels, height, width, generator=torch.Generator().manual_seed(0)
+        )
     diffs = {fmt: timm_reload_max_abs_diff(backbone, files[fmt], images) for fmt in ("pth", "safetensors")}
     kwargs = ", ".join(f"{k}={v!r}" for k, v in files["kwargs"].items())
     checkpoint = f"checkpoint_path={files['safetensors']!r}"

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from timm.layers import resample_abs_pos_embed
+from timm.models import adapt_input_conv
 from torch import nn
+
+log = logging.getLogger(__name__)
+_PATCH_WEIGHT = "patch_embed.proj.weight"
 
 # Where a backbone's weights live in the checkpoints we write, best source first: the EMA teacher
 # gives better features than the student (DINO paper, section 5.2).
@@ -42,6 +47,33 @@ def fit_position_embedding(backbone: nn.Module, state: dict[str, torch.Tensor]) 
     return {**state, "pos_embed": resampled}
 
 
+def fit_input_channels(
+    backbone: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Adapt a checkpoint's patch embedding to this backbone's input channels (RGB weights for grey or
+    multi-band images); other keys pass through unchanged.
+
+    timm's ``adapt_input_conv``: for 1 channel the kernel is summed over the source channels, so a grey
+    image gives the patch tokens that the source model gives the same image replicated to every
+    channel; for N channels the source kernels repeat cyclically (R, G, B, R, ...) scaled by
+    ``source channels / N``, which keeps the response to an image that is equal in every channel. The
+    normalisation must be equal across channels for the first to hold exactly (grey statistics). Logged.
+    """
+    own = backbone.state_dict().get(_PATCH_WEIGHT)
+    theirs = state.get(_PATCH_WEIGHT)
+    if own is None or theirs is None or own.ndim != 4 or theirs.ndim != 4:
+        return state
+    wanted, stored = own.shape[1], theirs.shape[1]
+    if wanted == stored or own.shape[0] != theirs.shape[0] or own.shape[2:] != theirs.shape[2:]:
+        return state  # the same channels, or another architecture: the shape check reports that
+    adapted = adapt_input_conv(wanted, theirs, base_chans=stored)
+    how = "summed over" if wanted == 1 else f"repeated cyclically, scaled by {stored}/{wanted}, from"
+    log.info(
+        "%s: patch embedding adapted to %d input channels (kernel %s its %d)", source, wanted, how, stored
+    )
+    return {**state, _PATCH_WEIGHT: adapted}
+
+
 def describe_mismatch(own: Mapping[str, Any], theirs: Mapping[str, Any]) -> str:
     """How a state dict ``theirs`` fails to fit a model's ``own`` (tensors or shapes per key): the first
     shape mismatch and the counts of mismatched, missing and unexpected keys; ``""`` when it fits."""
@@ -72,9 +104,10 @@ def _shape(value: Any) -> tuple[int, ...] | None:
 def load_backbone_weights(backbone: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Copy ``state`` into ``backbone``; a missing key or a shape mismatch is a one-line error.
 
-    A position embedding trained at another resolution is resampled to this backbone's grid.
+    A position embedding trained at another resolution is resampled to this backbone's grid, and a
+    patch embedding for another number of input channels is adapted (:func:`fit_input_channels`).
     """
-    state = fit_position_embedding(backbone, state)
+    state = fit_input_channels(backbone, fit_position_embedding(backbone, state), source)
     mismatch = describe_mismatch(backbone.state_dict(), state)
     if mismatch:
         raise ValueError(f"{source} does not fit this backbone: {mismatch}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from sslvit.backbones.feature_teacher import FeatureTeacher
@@ -14,7 +16,7 @@ _CLASSIFIER_PREFIXES = ("head.", "fc_norm.", "head_drop.")
 
 
 def load_feature_teacher(
-    path: str | None = None, arch: str | None = None, weights: str | None = None
+    path: str | None = None, arch: str | None = None, weights: str | None = None, in_chans: int | None = None
 ) -> FeatureTeacher:
     """Build the frozen teacher from ``teacher.path`` or ``teacher.arch`` + ``teacher.weights``.
 
@@ -24,24 +26,27 @@ def load_feature_teacher(
             backbone weights.
         arch: a timm ViT name (``vit_base_patch16_224``, ...), created with ``pretrained=False``.
         weights: a local state-dict file for ``arch`` (``.safetensors``, ``.pth``, ``.bin``; no downloads).
+        in_chans: channels of the images the teacher reads (``data.in_chans``); a teacher trained on
+            another count gets its patch embedding adapted
+            (:func:`~sslvit.utils.checkpoint.fit_input_channels`). None: the teacher's own.
     """
     if path and (arch or weights):
         raise ValueError("give either teacher.path=<sslvit checkpoint> or teacher.arch + teacher.weights")
     if path:
-        return FeatureTeacher(_backbone_from_run(path))
+        return FeatureTeacher(_backbone_from_run(path, in_chans))
     if arch:
         if not weights:
             raise ValueError(
                 f"teacher.arch={arch} needs teacher.weights=<local file> (nothing is downloaded)"
             )
-        return FeatureTeacher(_timm_model(arch, weights))
+        return FeatureTeacher(_timm_model(arch, weights, in_chans))
     raise ValueError(
         "VQ-KD needs a teacher: teacher.path=<checkpoint of a DINO/iBOT/DINOv2 run> or "
         "teacher.arch=<timm ViT name> teacher.weights=<file>"
     )
 
 
-def _backbone_from_run(path: str) -> nn.Module:
+def _backbone_from_run(path: str, in_chans: int | None = None) -> nn.Module:
     source = f"teacher.path={path}"
     checkpoint = read_checkpoint(path, source)
     run_cfg = checkpoint.get(RUN_CONFIG_KEY)
@@ -51,16 +56,20 @@ def _backbone_from_run(path: str) -> nn.Module:
             "for other weights use teacher.arch=<timm name> teacher.weights=<file>"
         )
     # The backbone config of the teacher's own run: built only from allowed classes.
-    backbone = instantiate_stored(run_cfg["backbone"], source, f"{RUN_CONFIG_KEY}.backbone")
+    stored = dict(run_cfg["backbone"])
+    if in_chans is not None and "in_chans" in stored:
+        stored["in_chans"] = int(in_chans)
+    backbone = instantiate_stored(stored, source, f"{RUN_CONFIG_KEY}.backbone")
     load_backbone_weights(backbone, backbone_state_dict(checkpoint), source=source)
     return backbone
 
 
-def _timm_model(arch: str, weights: str) -> nn.Module:
+def _timm_model(arch: str, weights: str, in_chans: int | None = None) -> nn.Module:
     import timm
 
+    channels: dict[str, Any] = {} if in_chans is None else {"in_chans": int(in_chans)}
     try:
-        model = timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True)
+        model = timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True, **channels)
     except RuntimeError as err:  # timm: "Unknown model (...)"
         raise ValueError(f"teacher.arch={arch}: {str(err).splitlines()[0]}") from err
     except TypeError as err:  # not a ViT family model (no dynamic_img_size)

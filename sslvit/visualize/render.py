@@ -37,8 +37,11 @@ def denormalize(
     """Undo ``Normalize(mean, std)`` and clamp to [0, 1]; without ``mean``/``std``, min-max per image.
 
     Args:
-        images: ``(B, C, H, W)`` normalised images; C = 1 is repeated to 3 channels.
-        mean / std: the per-channel statistics the data transform normalised with.
+        images: ``(B, C, H, W)`` normalised images. Shown: the first 3 channels when there are at least
+            3 (an RGB image, or a multi-band image's first bands as R, G, B), else the first channel
+            as grey.
+        mean / std: the per-channel statistics the data transform normalised with (one value, or one
+            per channel).
 
     Returns:
         ``(B, 3, H, W)`` float in [0, 1] on the CPU.
@@ -56,8 +59,7 @@ def denormalize(
         low = x.amin(dim=(1, 2, 3), keepdim=True)
         high = x.amax(dim=(1, 2, 3), keepdim=True)
         x = (x - low) / (high - low).clamp_min(1e-8)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
+    x = x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)
     return x.clamp(0.0, 1.0)
 
 

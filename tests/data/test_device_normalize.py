@@ -59,9 +59,15 @@ def test_the_datamodule_normalises_after_the_transfer() -> None:
         assert got.dtype == torch.float32 and torch.equal(got, want)
 
 
-def test_float_crops_are_refused() -> None:
-    with pytest.raises(TypeError, match=r"DeviceNormalize expects uint8 crops, got torch\.float32"):
-        DeviceNormalize(MEAN, STD).normalize(torch.zeros(1, 3, 4, 4))
+def test_float_crops_are_taken_as_unit_values_and_integers_refused() -> None:
+    # Array files give float crops in [0, 1]: normalised without the division by 255.
+    crops = torch.full((1, 3, 2, 2), 0.5)
+    got = DeviceNormalize(MEAN, STD).normalize(crops)
+    want = torch.tensor([(0.5 - m) / s for m, s in zip(MEAN, STD)]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.equal(crops, torch.full((1, 3, 2, 2), 0.5))  # the batch itself is left as it was
+    with pytest.raises(TypeError, match=r"DeviceNormalize expects uint8 or float crops, got torch\.int32"):
+        DeviceNormalize(MEAN, STD).normalize(torch.zeros(1, 3, 4, 4, dtype=torch.int32))
     with pytest.raises(ValueError, match="one value per channel"):
         DeviceNormalize(MEAN, (0.5,))
 

@@ -33,24 +33,36 @@ class FashionMNIST:
     """Fashion-MNIST (Xiao et al., 2017, arXiv:1708.07747): 60k train / 10k test 28x28 grey images.
 
     The idx files are decoded once into numpy arrays (cached per process, so the pretraining set and the
-    k-NN bank built from the same split share one copy). Samples are returned as 28x28 RGB PIL images
-    (grey replicated to 3 channels) so the same transforms serve every dataset.
+    k-NN bank built from the same split share one copy). Samples are returned as 28x28 PIL images: grey
+    with ``in_chans=1``, RGB (grey replicated to 3 channels) with ``in_chans=3``, so that the same
+    transforms and backbones as for photographs serve it.
 
     Args:
         root: folder holding ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``. None searches the
             ``SSLVIT_FASHION_MNIST`` environment variable, then ``/usr/share/datasets/fashion-mnist``.
         split: ``"train"`` (60k) or ``"test"`` (10k).
+        in_chans: 1 (grey, as stored) or 3 (grey replicated).
 
     Raises:
         FileNotFoundError: the files are not there; the message says how to install them.
-        ValueError: unknown split, or a file is not a valid idx file.
+        ValueError: unknown split, an ``in_chans`` other than 1 or 3, or a file is not a valid idx file.
     """
 
     classes: ClassVar[list[str]] = list(CLASSES)
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, split: Literal["train", "test"] = "train"):
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        split: Literal["train", "test"] = "train",
+        in_chans: int = 3,
+    ):
         if split not in _PREFIX:
             raise ValueError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
+        if in_chans not in (1, 3):
+            raise ValueError(
+                f"Fashion-MNIST is grey: data.in_chans must be 1 or 3 (replicated), got {in_chans}"
+            )
+        self.in_chans = int(in_chans)
         self.split = split
         self.root = _find_root(root, _PREFIX[split])
         prefix = _PREFIX[split]
@@ -67,10 +79,12 @@ class FashionMNIST:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        return Image.fromarray(self.images[index]).convert("RGB"), int(self.labels[index])
+        image = Image.fromarray(self.images[index])
+        return (image if self.in_chans == 1 else image.convert("RGB")), int(self.labels[index])
 
     def __repr__(self) -> str:
-        return f"FashionMNIST(root={str(self.root)!r}, split={self.split!r}, {len(self)} images)"
+        where = f"root={str(self.root)!r}, split={self.split!r}"
+        return f"FashionMNIST({where}, {len(self)} images, in_chans={self.in_chans})"
 
 
 def _find_root(root: str | os.PathLike[str] | None, prefix: str) -> Path:

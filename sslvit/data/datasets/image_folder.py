@@ -5,12 +5,16 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from PIL import Image
 
+from sslvit.data.array_io import check_scale
+from sslvit.data.channels import check_in_chans
 from sslvit.data.datasets.folder_scan import IMAGE_EXTENSIONS, FolderScan
-from sslvit.data.image_io import UnreadableImageError, load_rgb
+from sslvit.data.image_io import UnreadableImageError, load_image
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +28,13 @@ class ImageFolderDataset:
     Zero-byte files (interrupted downloads) are warned about at the scan (``num_empty_files``) and kept
     as samples that cannot be read: like a file that fails to decode, such a sample is returned as
     ``None`` (and warned about once) so one bad JPEG cannot stop an epoch; the training loader replaces
-    it and counts it in the batch's ``num_skipped`` (logged as ``data/skipped_images``).
+    it and counts it in the batch's ``num_skipped`` (logged as ``data/skipped_images``). A file with
+    another channel count than ``in_chans`` is such a sample too.
+
+    Pictures (JPEG, PNG, ...) are served as RGB (``in_chans=3``) or grey (``in_chans=1``) PIL images;
+    array files (``.npy``, ``.tif``, ``.tiff``) with ``in_chans`` bands in any dtype, scaled to [0, 1]
+    by ``scale`` (:mod:`~sslvit.data.array_io`), as ``(C, H, W)`` float tensors (8-bit grey / RGB ones
+    as PIL images).
 
     Args:
         root: directory to scan.
@@ -37,12 +47,16 @@ class ImageFolderDataset:
             (:func:`~sslvit.data.image_io.load_rgb`); None decodes in full. The DataModule asks for a
             copy with it (:meth:`with_decode_max_side`) when the transform shrinks every image to a
             long side anyway (``device_stage="crops"``).
+        in_chans: channels of every sample (``data.in_chans``).
+        scale: how array values become [0, 1]: ``dtype_max``, ``min_max``, ``percentile`` or ``none``
+            (:data:`~sslvit.data.array_io.SCALE_RULES`).
+        scale_percentiles: the (low, high) percentiles of ``scale="percentile"``.
 
     Raises:
         FileNotFoundError: ``root`` does not exist or is not a directory.
         ValueError: no class sub-folders (labelled), images directly in a labelled root (they would
-            belong to no class; the message names them), no image files or only empty ones, or an
-            unknown ``on_bad_image``.
+            belong to no class; the message names them), no image files or only empty ones, an
+            unknown ``on_bad_image`` or ``scale``, or ``in_chans`` below 1.
         UnreadableImageError: with ``on_bad_image="fail"``, a zero-byte or undecodable file.
     """
 
@@ -52,9 +66,14 @@ class ImageFolderDataset:
         labelled: bool = True,
         on_bad_image: str = "skip",
         decode_max_side: int | None = None,
+        in_chans: int = 3,
+        scale: str = "dtype_max",
+        scale_percentiles: Sequence[float] = (1.0, 99.0),
     ) -> None:
         if on_bad_image not in ("skip", "fail"):
             raise ValueError(f"on_bad_image must be 'skip' or 'fail', got {on_bad_image!r}")
+        self.in_chans = check_in_chans(in_chans)
+        self.scale, self.scale_percentiles = check_scale(scale, scale_percentiles)
         self.root = Path(root).expanduser()
         self.labelled = labelled
         self.on_bad_image = on_bad_image
@@ -116,12 +135,13 @@ class ImageFolderDataset:
         scaled.decode_max_side = int(max_side)
         return scaled
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, int] | None:
+    def __getitem__(self, index: int) -> tuple[Image.Image | torch.Tensor, int] | None:
         path, label = self.samples[index]
         try:
             if path in self._empty:  # named as such: Pillow would only say it cannot identify the file
                 raise UnreadableImageError(path, "empty file (zero bytes)")
-            return load_rgb(path, self.decode_max_side), label
+            image = load_image(path, self.in_chans, self.decode_max_side, self.scale, self.scale_percentiles)
+            return image, label
         except UnreadableImageError as exc:
             if self.on_bad_image == "fail":
                 raise UnreadableImageError(
@@ -134,11 +154,17 @@ class ImageFolderDataset:
 
     def __repr__(self) -> str:
         kind = f"{len(self.classes)} classes" if self.labelled else "unlabelled"
-        return f"ImageFolderDataset(root={str(self.root)!r}, {kind}, {len(self)} images)"
+        size = f"{len(self)} images, in_chans={self.in_chans}"
+        return f"ImageFolderDataset(root={str(self.root)!r}, {kind}, {size})"
 
 
 def eval_image_folder(
-    root: str | os.PathLike[str] | None, enabled: bool = True, on_bad_image: str = "skip"
+    root: str | os.PathLike[str] | None,
+    enabled: bool = True,
+    on_bad_image: str = "skip",
+    in_chans: int = 3,
+    scale: str = "dtype_max",
+    scale_percentiles: Sequence[float] = (1.0, 99.0),
 ) -> ImageFolderDataset | None:
     """A labelled :class:`ImageFolderDataset` for evaluation, or None when there is nothing to evaluate on.
 
@@ -148,7 +174,14 @@ def eval_image_folder(
     """
     if root is None or not enabled:
         return None
-    return ImageFolderDataset(root, labelled=True, on_bad_image=on_bad_image)
+    return ImageFolderDataset(
+        root,
+        labelled=True,
+        on_bad_image=on_bad_image,
+        in_chans=in_chans,
+        scale=scale,
+        scale_percentiles=scale_percentiles,
+    )
 
 
 def _refuse_images_outside_classes(root: Path) -> None:

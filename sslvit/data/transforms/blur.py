@@ -1,4 +1,4 @@
-"""Gaussian blur of PIL images with a separable kernel.
+"""Gaussian blur of PIL images (and of float ``(C, H, W)`` tensors) with a separable kernel.
 
 The result is an exact Gaussian blur to uint8 rounding: the kernel is the sampled Gaussian, normalised,
 truncated at 4 sigma (as ``scipy.ndimage.gaussian_filter``; the tail beyond holds under 1e-4 of the
@@ -23,7 +23,8 @@ TRUNCATE = 4.0  # kernel radius in sigmas
 
 
 class GaussianBlur:
-    """Blur a PIL image with a Gaussian of random sigma, truncated to at most ``kernel_size``.
+    """Blur a PIL image, or a float ``(C, H, W)`` tensor with any C, with a Gaussian of random sigma,
+    truncated to ``kernel_size``.
 
     Args:
         kernel_size: odd side in pixels of the largest kernel; a smaller sigma gets a kernel of radius
@@ -41,8 +42,12 @@ class GaussianBlur:
         self.kernel_size = kernel_size
         self.sigma = (low, high)
 
-    def __call__(self, image: Image.Image) -> Image.Image:
+    def __call__(self, image: Image.Image | torch.Tensor) -> Image.Image | torch.Tensor:
         sigma = torch.empty(1).uniform_(*self.sigma).item()
+        if isinstance(image, torch.Tensor):
+            pixels = image.float().permute(1, 2, 0).numpy()  # (H, W, C)
+            blurred = _blur_array(pixels, self.kernel_size, sigma)
+            return torch.from_numpy(np.ascontiguousarray(blurred.transpose(2, 0, 1)))
         return blur_pil(image, self.kernel_size, sigma)
 
     def __repr__(self) -> str:
@@ -113,6 +118,25 @@ def _correlate(
         pair *= w[radius + i]
         acc += pair
     return acc
+
+
+def _blur_array(pixels: np.ndarray, kernel_size: int, sigma: float) -> np.ndarray:
+    """Blur float32 ``(H, W, C)`` or ``(H, W)`` pixels (reflect padding, the kernel of
+    :func:`gaussian_kernel`), unrounded: the path of float tensors from array files (any C)."""
+    weights = gaussian_kernel(kernel_size, sigma).astype(np.float32)
+    radius = len(weights) // 2
+    pad = ((radius, radius), (radius, radius)) + ((0, 0),) * (pixels.ndim - 2)
+    padded = np.pad(pixels, pad, mode="reflect")
+    height, width = pixels.shape[:2]
+    # Shifted multiply-adds beat torch.conv2d here: no dispatch overhead on small crops, and no
+    # intra-op threads competing with the other DataLoader workers.
+    rows = weights[0] * padded[:, :width]
+    for i in range(1, len(weights)):
+        rows += weights[i] * padded[:, i : i + width]
+    out = weights[0] * rows[:height]
+    for i in range(1, len(weights)):
+        out += weights[i] * rows[i : i + height]
+    return out
 
 
 def blur_kernel_size(crop_size: int) -> int:

@@ -26,7 +26,11 @@ _RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio rang
 
 
 class CropPlan:
-    """``image -> (uint8 (3, h, w), boxes (V, 4), flips (V,))`` with V = global then local views.
+    """``image -> (uint8 (C, h, w), boxes (V, 4), flips (V,))`` with V = global then local views.
+
+    The crops are resampled as 8-bit pictures (PIL's rounding), so the images are grey (``in_chans=1``)
+    or RGB (``in_chans=3``) PIL images; array files of other depths or band counts take the other device
+    stages.
 
     Args:
         global_crop_size / local_crop_size: output sides of the crops (made later, on the device).
@@ -35,6 +39,10 @@ class CropPlan:
         flip_p: horizontal-flip probability.
         max_side: images whose long side exceeds this are first shrunk to it (PIL bicubic, aspect
             kept); boxes are drawn on the shrunk image, so the area fractions are unchanged.
+        in_chans: 1 (grey) or 3 (RGB).
+
+    Raises:
+        ValueError: ``max_side`` below the global crop size, or ``in_chans`` other than 1 or 3.
     """
 
     def __init__(
@@ -47,7 +55,14 @@ class CropPlan:
         local_crop_scale: tuple[float, float],
         flip_p: float,
         max_side: int,
+        in_chans: int = 3,
     ) -> None:
+        if in_chans not in (1, 3):
+            raise ValueError(
+                f"device_stage=crops resamples 8-bit grey or RGB pictures, not {in_chans} channels: use "
+                "data.transform.device_stage=photometric (or normalize / none) for multi-band images"
+            )
+        self.mode = "L" if in_chans == 1 else "RGB"
         if max_side < global_crop_size:
             raise ValueError(f"max_side {max_side} is smaller than the global crop size {global_crop_size}")
         self.global_crop_size, self.local_crop_size = int(global_crop_size), int(local_crop_size)
@@ -56,9 +71,14 @@ class CropPlan:
         self.flip_p = float(flip_p)
         self.max_side = int(max_side)
 
-    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if image.mode != "RGB":
-            image = image.convert("RGB")
+    def __call__(self, image: Image.Image | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not isinstance(image, Image.Image):
+            raise TypeError(
+                f"device_stage=crops resamples 8-bit pictures, got a {type(image).__name__} (an array file "
+                "of more than 8 bits): use data.transform.device_stage=photometric for such data"
+            )
+        if image.mode != self.mode:
+            image = image.convert(self.mode)
         if max(image.size) > self.max_side:
             shrink = self.max_side / max(image.size)
             size = (max(1, round(image.width * shrink)), max(1, round(image.height * shrink)))
@@ -68,7 +88,8 @@ class CropPlan:
             top, left, height, width = T.RandomResizedCrop.get_params(image, list(scale), list(_RATIO))
             boxes.append((left, top, width, height))
         flips = torch.rand(len(self.scales)) < self.flip_p
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # one writable copy
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8))  # one writable copy, (H, W[, 3])
+        pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)
         return pixels, torch.tensor(boxes, dtype=torch.float32).view(-1, 4), flips
 
     def collate(
@@ -80,7 +101,7 @@ class CropPlan:
         kept = readable(samples)
         height = max(s[0][0].shape[1] for s in kept)
         width = max(s[0][0].shape[2] for s in kept)
-        images = torch.zeros(len(kept), 3, height, width, dtype=torch.uint8)
+        images = torch.zeros(len(kept), kept[0][0][0].shape[0], height, width, dtype=torch.uint8)
         for canvas, sample in zip(images, kept, strict=True):
             pixels = sample[0][0]
             canvas[:, : pixels.shape[1], : pixels.shape[2]] = pixels

@@ -19,7 +19,8 @@ from sslvit.data.transforms.device_photometric import per_channel
 
 class DeviceNormalize:
     """uint8 crops ``(B, C, H, W)`` -> float32 ``(x / 255 - mean) / std``, as torchvision's ``ToTensor``
-    then ``Normalize`` compute it per image (bit for bit on the CPU)."""
+    then ``Normalize`` compute it per image (bit for bit on the CPU). Float crops (from array files,
+    already in [0, 1]) skip the division by 255."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         if len(mean) != len(std):
@@ -28,9 +29,12 @@ class DeviceNormalize:
         self.std = tuple(float(s) for s in std)
 
     def normalize(self, crops: Tensor) -> Tensor:
-        if crops.dtype != torch.uint8:
-            raise TypeError(f"DeviceNormalize expects uint8 crops, got {crops.dtype}")
-        x = crops.float().div_(255)
+        if crops.dtype == torch.uint8:
+            x = crops.float().div_(255)
+        elif crops.is_floating_point():
+            x = crops.float().clone()  # the in-place ops below must not write into the batch
+        else:
+            raise TypeError(f"DeviceNormalize expects uint8 or float crops, got {crops.dtype}")
         return x.sub_(per_channel(x, self.mean)).div_(per_channel(x, self.std))
 
     def __call__(

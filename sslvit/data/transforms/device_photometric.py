@@ -31,8 +31,8 @@ class PhotometricRecipe:
     blur_p: float
     blur_sigma: tuple[float, float]
     solarize_p: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # one value per channel
+    std: tuple[float, ...]
 
 
 def grayscale(x: Tensor) -> Tensor:
@@ -40,6 +40,12 @@ def grayscale(x: Tensor) -> Tensor:
     a weight tensor made from them would be copied from the host, which makes a GPU host wait)."""
     r, g, b = x.unbind(1)
     return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
+
+
+def luma(x: Tensor) -> Tensor:
+    """``(B, 1, H, W)`` brightness that contrast blends towards: RGB luma (:func:`grayscale`) of 3
+    channels, the plain channel mean of any other count (torchvision's choice for one channel)."""
+    return grayscale(x) if x.shape[1] == 3 else x.mean(1, keepdim=True)
 
 
 def per_channel(x: Tensor, values: Sequence[float]) -> Tensor:
@@ -59,7 +65,7 @@ def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
 
 
 def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
-    mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    mean = luma(x).mean(dim=(1, 2, 3), keepdim=True)
     return _blend(x, mean, factor.view(-1, 1, 1, 1))
 
 
@@ -115,8 +121,10 @@ class DevicePhotometric:
     Same sequence as the CPU view: colour jitter (probability ``color_jitter_p``; brightness, contrast,
     saturation and hue factors uniform in torchvision's ranges, applied in a random order per sample),
     grayscale, Gaussian blur (sigma uniform in ``blur_sigma``, kernel ~10% of the crop side),
-    solarisation, then normalisation. Draws come from ``generator`` (seeded by the caller per step, so a
-    resumed run repeats them).
+    solarisation, then normalisation. Crops may have any channel count when the recipe's saturation,
+    hue and greyscale are off (:func:`~sslvit.data.channels.colour_ops`); uint8 crops are scaled by
+    1/255, float crops are taken as [0, 1] values. Draws come from ``generator`` (seeded by the caller
+    per step, so a resumed run repeats them).
     """
 
     def __init__(self, recipe: PhotometricRecipe) -> None:
@@ -149,7 +157,9 @@ class DevicePhotometric:
                     continue
                 here = jitter & (order[:, position] == op_id).view(-1, 1, 1, 1)
                 x = torch.where(here, op(x, factor), x)
-        x = torch.where(chosen(r.grayscale_p), grayscale(x).expand_as(x), x)
+        to_grey = chosen(r.grayscale_p)  # drawn at any p, so every channel count draws alike
+        if r.grayscale_p > 0:
+            x = torch.where(to_grey, grayscale(x).expand_as(x), x)
         if r.blur_p > 0:
             sigma = uniform(*r.blur_sigma)
             blurred = gaussian_blur(x, blur_kernel_size(x.shape[-1]), sigma)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from PIL import Image
+from torch import Tensor
 from torchvision import transforms as T
 
 from sslvit.data.batch import CropSourceBatch, MultiCropBatch
+from sslvit.data.channels import channel_values, check_in_chans, colour_ops
 from sslvit.data.collate import MaskFn, collate_multicrop
 from sslvit.data.transforms.blur import GaussianBlur, blur_kernel_size
+from sslvit.data.transforms.channel_ops import Solarize, ToViewTensor, colour_jitter
 from sslvit.data.transforms.crop_plan import CropPlan
 from sslvit.data.transforms.device_normalize import DeviceNormalize
 from sslvit.data.transforms.device_photometric import DeviceMultiCrop, recipes_of
@@ -18,6 +22,8 @@ from sslvit.data.transforms.train_transform import DEVICE_STAGES, TrainTransform
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+log = logging.getLogger(__name__)
 
 
 class MultiCropTransform(TrainTransform):
@@ -31,18 +37,23 @@ class MultiCropTransform(TrainTransform):
     (:class:`~sslvit.data.transforms.blur.GaussianBlur`) is an exact separable Gaussian, its kernel cut
     at 4 sigma and at most about 10% of the crop's side (as in SimCLR / BYOL).
 
+    Images may be PIL pictures (grey or RGB, 8-bit) or ``(C, H, W)`` float tensors in [0, 1] from array
+    files (any C, :mod:`~sslvit.data.transforms.channel_ops`). With ``in_chans`` other than 3, the
+    RGB-only colour ops (saturation, hue, greyscale) are off, and one log line at construction says so
+    (:func:`~sslvit.data.channels.colour_ops`).
+
     Args:
         global_crop_size: side of the global crops (the teacher's input; 224 in the paper).
         local_crop_size: side of the local crops (96 for patch 16).
         num_local_crops: number of local crops (10 in DINO / iBOT; 0 allowed).
         global_crop_scale: RandomResizedCrop area range of the global crops ((0.4, 1) DINO, (0.32, 1) iBOT).
         local_crop_scale: area range of the local crops ((0.05, 0.4) DINO, (0.05, 0.32) iBOT).
-        mean: per-channel normalisation mean.
-        std: per-channel normalisation std.
+        mean: per-channel normalisation mean (one value per channel, or one for all).
+        std: per-channel normalisation std (likewise).
         flip_p: horizontal-flip probability.
         color_jitter: (brightness, contrast, saturation, hue) strengths.
         color_jitter_p: probability of applying the colour jitter.
-        grayscale_p: probability of converting to grayscale (kept 3-channel).
+        grayscale_p: probability of converting to grayscale (kept 3-channel; RGB only).
         blur_p: blur probability for (global view 1, global views 2.., local views); DINO's
             (1.0, 0.1, 0.5) by default, (0.0, 0.9, 0.5) in DINOv2's config.
         solarize_p: solarisation probability of global views 2.. (global view 1 is never solarised).
@@ -63,16 +74,19 @@ class MultiCropTransform(TrainTransform):
         max_side: with ``device_stage="crops"``, larger images are first shrunk to this long side in
             the worker (None: 16/7 of the global crop size, 512 for 224, so that even a global crop of
             the smallest area is not upsampled).
+        in_chans: channels of the images (``data.in_chans``).
 
     Returns (from ``__call__``):
-        ``(global_crops, local_crops)``: lists of normalised float tensors (3, H, W) with
-        ``device_stage="none"``, of uint8 tensors with ``normalize`` or ``photometric``; with
+        ``(global_crops, local_crops)``: lists of normalised float tensors (C, H, W) with
+        ``device_stage="none"``, of uint8 tensors (float in [0, 1] for tensor images) with
+        ``normalize`` or ``photometric``; with
         ``crops``, ``(image, boxes, flips)``, which :meth:`collate` stacks into a
         :class:`~sslvit.data.batch.CropSourceBatch`.
 
     Raises:
-        ValueError: an unknown ``device_stage``, crop counts below 1 global / 0 local, or a ``blur_p``
-            without 3 probabilities.
+        ValueError: an unknown ``device_stage``, crop counts below 1 global / 0 local, a ``blur_p``
+            without 3 probabilities, or ``mean`` / ``std`` that give neither one value nor
+            ``in_chans`` values.
     """
 
     def __init__(
@@ -94,8 +108,16 @@ class MultiCropTransform(TrainTransform):
         num_global_crops: int = 2,
         device_stage: str = "normalize",
         max_side: int | None = None,
+        in_chans: int = 3,
     ) -> None:
         self.device_stage = check_device_stage(device_stage)
+        self.in_chans = check_in_chans(in_chans)
+        mean = channel_values(mean, self.in_chans, "data.transform.mean")
+        std = channel_values(std, self.in_chans, "data.transform.std")
+        colour = colour_ops(self.in_chans, color_jitter, grayscale_p)
+        if colour.note:
+            log.info("multi-crop views: %s", colour.note)
+        color_jitter, grayscale_p = colour.color_jitter, colour.grayscale_p
         if num_global_crops < 1 or num_local_crops < 0:
             raise ValueError(
                 f"need num_global_crops >= 1 and num_local_crops >= 0, "
@@ -112,11 +134,12 @@ class MultiCropTransform(TrainTransform):
         global_scale, local_scale = _pair(global_crop_scale), _pair(local_crop_scale)
         common = dict(
             flip_p=flip_p,
-            jitter=T.ColorJitter(*(float(v) for v in color_jitter)),
+            jitter=colour_jitter(self.in_chans, colour.color_jitter),
             jitter_p=color_jitter_p,
-            grayscale_p=grayscale_p,
+            # Only RGB has a greyscale op; other counts leave the step out (no draw either).
+            grayscale_p=grayscale_p if self.in_chans == 3 else None,
             sigma=sigma,
-            normalize=T.Normalize(tuple(float(m) for m in mean), tuple(float(s) for s in std)),
+            normalize=T.Normalize(mean, std),
         )
         on_device = DEVICE_STAGES.index(self.device_stage)
         # The workers' half when the crops are cut on the device; its collate makes a CropSourceBatch.
@@ -126,6 +149,7 @@ class MultiCropTransform(TrainTransform):
                 self.global_crop_size, self.local_crop_size, self.num_global_crops, self.num_local_crops,
                 global_scale, local_scale, flip_p,
                 max_side=int(max_side) if max_side else -(-self.global_crop_size * 16 // 7),
+                in_chans=self.in_chans,
             )  # fmt: skip
             # Every image is shrunk to the plan's long side: the JPEG decoder may do most of that.
             self.decode_max_side = self.crop_plan.max_side
@@ -158,7 +182,7 @@ class MultiCropTransform(TrainTransform):
             return self.crop_plan.collate(samples, mask_fn, patch_size)
         return collate_multicrop(samples, mask_fn, patch_size)
 
-    def __call__(self, image: Image.Image) -> Any:
+    def __call__(self, image: Image.Image | Tensor) -> Any:
         if self.crop_plan is not None:
             return self.crop_plan(image)
         global_crops = [self.global_view_1(image)]
@@ -181,7 +205,7 @@ def _geometric_view(size: int, scale: tuple[float, float], flip_p: float) -> T.C
         [
             T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
             T.RandomHorizontalFlip(p=flip_p),
-            T.PILToTensor(),
+            ToViewTensor(None),
         ]
     )
 
@@ -198,9 +222,9 @@ def _view(
     solarize_p: float,
     *,
     flip_p: float,
-    jitter: T.ColorJitter,
+    jitter: object,
     jitter_p: float,
-    grayscale_p: float,
+    grayscale_p: float | None,
     sigma: tuple[float, float],
     normalize: T.Normalize | None,
 ) -> T.Compose:
@@ -208,12 +232,13 @@ def _view(
         T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(p=flip_p),
         T.RandomApply([jitter], p=jitter_p),
-        T.RandomGrayscale(p=grayscale_p),
     ]
+    if grayscale_p is not None:
+        steps.append(T.RandomGrayscale(p=grayscale_p))
     if blur_p > 0:
         steps.append(T.RandomApply([GaussianBlur(blur_kernel_size(size), sigma=sigma)], p=blur_p))
     if solarize_p > 0:
-        steps.append(T.RandomSolarize(threshold=128, p=solarize_p))
+        steps.append(Solarize(p=solarize_p))
     # None: stop at uint8 (device_stage="normalize"), the DataModule normalises after the transfer.
-    steps += [T.PILToTensor()] if normalize is None else [T.ToTensor(), normalize]
+    steps.append(ToViewTensor(normalize))
     return T.Compose(steps)

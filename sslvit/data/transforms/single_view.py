@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,9 +12,13 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from sslvit.data.batch import MaskedImageBatch
+from sslvit.data.channels import channel_values, check_in_chans, colour_ops
 from sslvit.data.collate import MaskFn, collate_views
+from sslvit.data.transforms.channel_ops import ImageLike, colour_jitter, to_unit_tensor
 from sslvit.data.transforms.multicrop import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.data.transforms.train_transform import TrainTransform
+
+log = logging.getLogger(__name__)
 
 # Multi-crop options that the data configs set under `transform:` for DINO-style methods (crop counts,
 # local crops, per-view blur / solarisation). A single-crop transform has no use for them; they are
@@ -66,6 +71,9 @@ class BEiTTransform(_OneCropTransform):
     resized twice: to ``global_crop_size`` (bicubic, mean/std normalised) for the ViT, and to the
     resolution whose token grid equals the ViT patch grid (Lanczos, pixels in [0, 1]) for the tokenizer:
     ``global_crop_size / patch_size * tokenizer_downsample`` (224 / 16 * 8 = 112 for DALL-E's tokenizer).
+    Tensor images (array files, any channel count) are resampled with antialiased bicubic for both
+    views (torchvision has no Lanczos for tensors); with ``in_chans`` other than 3 the jitter keeps
+    brightness and contrast only (:func:`~sslvit.data.channels.colour_ops`, logged once).
 
     Args:
         global_crop_size: side of the ViT view.
@@ -76,6 +84,7 @@ class BEiTTransform(_OneCropTransform):
         flip_p: horizontal-flip probability.
         color_jitter: (brightness, contrast, saturation, hue) strengths.
         color_jitter_p: probability of applying the colour jitter.
+        in_chans: channels of the images (``data.in_chans``).
         **multicrop_options: multi-crop keys of the data configs (``MULTICROP_ONLY_OPTIONS``), ignored.
 
     Returns (from ``__call__``):
@@ -93,9 +102,11 @@ class BEiTTransform(_OneCropTransform):
         flip_p: float = 0.5,
         color_jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.0),
         color_jitter_p: float = 0.8,
+        in_chans: int = 3,
         **multicrop_options: object,
     ) -> None:
         _check_ignored(type(self).__name__, multicrop_options)
+        self.in_chans = check_in_chans(in_chans)
         if global_crop_size % patch_size:
             raise ValueError(
                 f"global_crop_size {global_crop_size} is not a multiple of patch_size {patch_size}"
@@ -106,18 +117,28 @@ class BEiTTransform(_OneCropTransform):
         self.tokenizer_crop_size = self.global_crop_size // int(patch_size) * int(tokenizer_downsample)
         self.scale = _pair(global_crop_scale)
         self.flip = T.RandomHorizontalFlip(p=flip_p)
-        self.jitter = T.RandomApply([T.ColorJitter(*(float(v) for v in color_jitter))], p=color_jitter_p)
-        self.normalize = T.Normalize(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+        colour = colour_ops(self.in_chans, color_jitter)
+        if colour.note:
+            log.info("BEiT view: %s", colour.note)
+        self.jitter = T.RandomApply([colour_jitter(self.in_chans, colour.color_jitter)], p=color_jitter_p)
+        self.normalize = T.Normalize(
+            channel_values(mean, self.in_chans, "data.transform.mean"),
+            channel_values(std, self.in_chans, "data.transform.std"),
+        )
 
-    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, image: ImageLike) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.jitter(self.flip(image))
         top, left, height, width = T.RandomResizedCrop.get_params(image, self.scale, (3 / 4, 4 / 3))
         size, tok_size = self.global_crop_size, self.tokenizer_crop_size
         vit = TF.resized_crop(image, top, left, height, width, [size, size], T.InterpolationMode.BICUBIC)
-        tok = TF.resized_crop(
-            image, top, left, height, width, [tok_size, tok_size], T.InterpolationMode.LANCZOS
+        # Lanczos as BEiT's official code for pictures; tensors have no Lanczos: bicubic, clipped.
+        tok_filter = (
+            T.InterpolationMode.LANCZOS if isinstance(image, Image.Image) else T.InterpolationMode.BICUBIC
         )
-        return self.normalize(TF.to_tensor(vit)), TF.to_tensor(tok)
+        tok = to_unit_tensor(
+            TF.resized_crop(image, top, left, height, width, [tok_size, tok_size], tok_filter)
+        )
+        return self.normalize(to_unit_tensor(vit)), tok if isinstance(image, Image.Image) else tok.clamp(0, 1)
 
     def __repr__(self) -> str:
         return (
@@ -138,6 +159,7 @@ class SingleCropTransform(_OneCropTransform):
         flip_p: horizontal-flip probability.
         normalize: apply ``mean`` / ``std`` (off: [0, 1] pixels).
         mean / std: normalisation used when ``normalize`` is on.
+        in_chans: channels of the images (``data.in_chans``).
         **multicrop_options: multi-crop keys of the data configs (``MULTICROP_ONLY_OPTIONS``), ignored.
 
     Returns (from ``__call__``):
@@ -152,9 +174,11 @@ class SingleCropTransform(_OneCropTransform):
         normalize: bool = False,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        in_chans: int = 3,
         **multicrop_options: object,
     ) -> None:
         _check_ignored(type(self).__name__, multicrop_options)
+        self.in_chans = check_in_chans(in_chans)
         self.global_crop_size = int(global_crop_size)
         steps: list[object] = [
             T.RandomResizedCrop(
@@ -163,14 +187,23 @@ class SingleCropTransform(_OneCropTransform):
                 interpolation=T.InterpolationMode.BICUBIC,
             ),
             T.RandomHorizontalFlip(p=flip_p),
-            T.ToTensor(),
+            to_unit_tensor,
         ]
         if normalize:
-            steps.append(T.Normalize(tuple(float(m) for m in mean), tuple(float(s) for s in std)))
+            steps.append(
+                T.Normalize(
+                    channel_values(mean, self.in_chans, "data.transform.mean"),
+                    channel_values(std, self.in_chans, "data.transform.std"),
+                )
+            )
         self.transform = T.Compose(steps)
+        self.normalize = bool(normalize)
 
-    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, None]:
-        return self.transform(image), None  # PIL resamples in uint8: pixels stay in [0, 1]
+    def __call__(self, image: ImageLike) -> tuple[torch.Tensor, None]:
+        # PIL resamples in uint8: pixels stay in [0, 1]. Tensors keep the bicubic overshoot, which a
+        # pixel tokenizer's reconstruction target does not need: clipped when not normalised.
+        view = self.transform(image)
+        return (view if self.normalize or isinstance(image, Image.Image) else view.clamp(0, 1)), None
 
     def __repr__(self) -> str:
         return f"SingleCropTransform({self.transform})"
