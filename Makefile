@@ -45,7 +45,7 @@ format:  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-train:  ## the default job: DINO, ViT-tiny/7 on Fashion-MNIST (ARGS="key=value ..." to override)
+train:  ## the default job: DINO, a 4-block ViT-tiny/7 on Fashion-MNIST (ARGS="key=value ..." to override)
 	$(BIN)/python train.py $(ARGS)
 
 bench:  ## pretraining-step benchmark table on a GPU (BENCH_ARGS="..." to change; see docs/benchmarks.md)
