@@ -6,7 +6,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from toys import CONF_DIR
 
-from sslvit.methods import OptimConfig
+from sslvit.methods import GramConfig, OptimConfig
 
 
 def test_optim_config_defaults_are_conf_optim_adamw() -> None:
@@ -17,3 +17,11 @@ def test_optim_config_defaults_are_conf_optim_adamw() -> None:
     code = {f.name: f.default for f in fields(OptimConfig) if f.name != "batch_size_per_device"}
     code["betas"] = list(code["betas"])
     assert conf == code
+
+
+def test_gram_config_defaults_are_conf_method_dinov2_gram() -> None:
+    method = OmegaConf.load(Path(CONF_DIR) / "method" / "dinov2.yaml").method
+    conf = OmegaConf.to_container(method.gram, resolve=False)
+    assert isinstance(conf, dict)
+    assert conf.pop("_target_") == "sslvit.methods.GramConfig"
+    assert conf == {f.name: f.default for f in fields(GramConfig)}
