@@ -175,6 +175,7 @@ def audit_step(method: Any, batch: Any, trainer: Any, steps: int = 2) -> list[st
         for step in range(steps):
             with watch:
                 set_global_step(trainer, step)
+                method.on_train_batch_start(batch, step)  # e.g. the Gram teacher's refresh
                 values = method.apply_schedules(optimizer, step)
                 method.optimizer_zero_grad(0, step, optimizer)
                 method.training_step(batch, step)

@@ -110,9 +110,10 @@ def train_step(
     method: Any, optimizer: torch.optim.Optimizer, trainer: L.Trainer, batch: MultiCropBatch, step: int
 ) -> torch.Tensor:
     """One optimizer step in the order Lightning runs it, through the module's own hooks:
-    schedules -> zero_grad -> training_step + backward -> last-layer freeze -> clipping ->
-    AdamW step -> EMA teacher update."""
+    batch start (e.g. a Gram-teacher refresh) -> schedules -> zero_grad -> training_step + backward ->
+    last-layer freeze -> clipping -> AdamW step -> EMA teacher update."""
     set_global_step(trainer, step)
+    method.on_train_batch_start(batch, step)
     values = method.apply_schedules(optimizer, step)
     method.optimizer_zero_grad(0, step, optimizer)
     loss = forward_backward(method, trainer, batch, step)

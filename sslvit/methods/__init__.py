@@ -5,6 +5,7 @@ from sslvit.methods.dino import DINO
 from sslvit.methods.dinov2 import DINOv2
 from sslvit.methods.dvae import DVAETraining
 from sslvit.methods.ema_teacher import EMATeacher
+from sslvit.methods.gram_teacher import GramConfig, GramTeacher
 from sslvit.methods.ibot import IBOT
 from sslvit.methods.optim_config import OptimConfig
 from sslvit.methods.vit_pretraining import ViTPretrainingModule
@@ -18,6 +19,8 @@ __all__ = [
     "DINOv2",
     "DVAETraining",
     "EMATeacher",
+    "GramConfig",
+    "GramTeacher",
     "OptimConfig",
     "PretrainingModule",
     "VQKDTraining",

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from sslvit.data.batch import MultiCropBatch
 from sslvit.heads import DINOHead
-from sslvit.losses import Centering, DINOLoss, IBOTPatchLoss, KoLeoLoss, SinkhornKnopp
+from sslvit.losses import Centering, DINOLoss, GramLoss, IBOTPatchLoss, KoLeoLoss, SinkhornKnopp
+from sslvit.methods.gram_teacher import GramConfig, GramTeacher
 from sslvit.methods.multicrop import student_crop_features
 from sslvit.methods.optim_config import OptimConfig
 from sslvit.methods.self_distillation import SelfDistillationModule
@@ -26,6 +28,11 @@ class DINOv2(SelfDistillationModule):
     (or by centering, ``teacher_targets="centering"``).
     ``L = dino_weight * L_dino + ibot_weight * L_ibot + koleo_weight * L_koleo``.
 
+    Optionally with Gram anchoring (``gram.enabled``; DINOv3, Siméoni et al., 2025, arXiv:2508.10104): from
+    optimizer step ``gram.start_step`` on, ``+ gram.weight * L_gram``, which keeps the patch-similarity
+    matrices of the student's (masked) global crops close to those of a :class:`GramTeacher`, a snapshot
+    of the EMA teacher refreshed every ``gram.refresh_every`` steps.
+
     Args:
         backbone: student backbone (a ``MaskedViT``; registers and LayerScale 1e-5 come from its config).
         optim: optimiser and schedules (layer-wise lr decay and patch-embed lr multiplier in pretraining).
@@ -40,6 +47,7 @@ class DINOv2(SelfDistillationModule):
         center_momentum: used only with ``teacher_targets="centering"``.
         dino_weight / ibot_weight / koleo_weight: loss weights (1, 1, 0.1).
         momentum_teacher / momentum_teacher_end: EMA momentum cosine (0.992 -> 1 for ViT-L).
+        gram: Gram anchoring settings (off when None or not ``enabled``).
     """
 
     def __init__(
@@ -63,9 +71,10 @@ class DINOv2(SelfDistillationModule):
         koleo_weight: float = 0.1,
         momentum_teacher: float = 0.992,
         momentum_teacher_end: float = 1.0,
+        gram: GramConfig | None = None,
     ) -> None:
         super().__init__(backbone, optim)
-        self.save_hyperparameters(ignore=["backbone", "optim"])
+        self.save_hyperparameters(ignore=["backbone", "optim", "gram"])
         head_args = (hidden_dim, bottleneck_dim, head_layers, True)
         self.student["dino_head"] = DINOHead(self.embed_dim, out_dim, *head_args)
         self.student["ibot_head"] = DINOHead(self.embed_dim, patch_out_dim, *head_args)
@@ -84,6 +93,12 @@ class DINOv2(SelfDistillationModule):
         self.teacher_temps = (warmup_teacher_temp, teacher_temp)
         self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
         self.weights = {"dino": dino_weight, "ibot": ibot_weight, "koleo": koleo_weight}
+        # Only when enabled, so that checkpoints without Gram anchoring hold no Gram teacher.
+        self.gram_teacher: GramTeacher | None = None
+        if gram is not None and gram.enabled:
+            self.gram_teacher = GramTeacher(self.teacher["backbone"], gram)
+            self.gram_loss = GramLoss()
+            self.weights["gram"] = gram.weight
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
         heads = [self.student["dino_head"], self.student["ibot_head"]]
@@ -92,6 +107,25 @@ class DINOv2(SelfDistillationModule):
     def teacher_temp_at(self, step: int) -> float:
         """The teacher temperature of optimizer step ``step`` (CLS and patch targets alike)."""
         return self.warmup_per_step(step, *self.teacher_temps, self.warmup_teacher_temp_epochs)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Snapshot the EMA teacher into the Gram teacher before a refresh step (outside the forward).
+
+        Under gradient accumulation every micro-batch of a refresh step copies the same EMA teacher (it
+        changes only after the optimizer step), so the snapshot is the same.
+        """
+        if self.gram_teacher is not None and self.gram_teacher.due(self.trainer.global_step):
+            strategy = self.trainer.strategy
+            root = strategy.model if isinstance(strategy, FSDPStrategy) else None
+            self.gram_teacher.refresh(self.teacher["backbone"], sharded_root=root)
+
+    def gram_targets(self, global_crops: torch.Tensor) -> torch.Tensor | None:
+        """The Gram teacher's ``(G*B, N, D)`` patch features of the global crops, or None at a step without
+        the Gram loss."""
+        if self.gram_teacher is None or not self.gram_teacher.active(self.trainer.global_step):
+            return None
+        grid = self.student["backbone"].grid_size(*global_crops.shape[-2:])  # type: ignore[operator]
+        return self.gram_teacher.patch_features(global_crops, grid)
 
     def training_step(self, batch: MultiCropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         if batch.masks is None:
@@ -117,6 +151,9 @@ class DINOv2(SelfDistillationModule):
             batch_size,
         )
 
+        # Before the student's forward, so that its transient activations never meet the student's.
+        gram_targets = self.gram_targets(globals_)
+
         student_out, student_cls = student_crop_features(student_backbone, globals_, masks, batch.local_crops)
         student_global_cls = student_out["x_norm_clstoken"]  # (G*B, D)
         num_crops = num_global + len(batch.local_crops)
@@ -132,6 +169,9 @@ class DINOv2(SelfDistillationModule):
             # process's images of the same view (so N processes are not one process on N times the batch).
             "koleo": torch.stack([self.koleo_loss(x) for x in student_global_cls.chunk(num_global)]).sum(),
         }
+        if gram_targets is not None:
+            # The student's patch features of the *masked* global crops, as in the official code.
+            terms["gram"] = self.gram_loss(student_out["x_norm_patchtokens"], gram_targets)
         loss = sum(self.weights[name] * value for name, value in terms.items())
 
         self.log_losses(loss, terms, batch_size)  # type: ignore[arg-type]

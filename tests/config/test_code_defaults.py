@@ -9,7 +9,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 from toys import CONF_DIR
 
-from sslvit.methods import OptimConfig
+from sslvit.methods import GramConfig, OptimConfig
 
 
 def test_optim_config_defaults_are_conf_optim_adamw() -> None:
@@ -44,3 +44,11 @@ def test_method_defaults_are_conf_method(path: Path) -> None:
         if default is inspect.Parameter.empty or default != value:
             differing[key] = (value, default)
     assert not differing, f"{path.name} (yaml, code): {differing}"
+
+
+def test_gram_config_defaults_are_conf_method_dinov2_gram() -> None:
+    method = OmegaConf.load(Path(CONF_DIR) / "method" / "dinov2.yaml").method
+    conf = OmegaConf.to_container(method.gram, resolve=False)
+    assert isinstance(conf, dict)
+    assert conf.pop("_target_") == "sslvit.methods.GramConfig"
+    assert conf == {f.name: f.default for f in fields(GramConfig)}

@@ -3,7 +3,8 @@
 Each rank feeds its own shard of a fixed global batch to the distributed building blocks and rank 0
 saves the results, which the test compares with one process holding the concatenated batch. The same
 processes also run the k-NN evaluation path (sharded eval loaders, gathered features) and wrap a tiny
-DINO in FSDP on the CPU to check its optimizer parameter groups, and clip FSDP-sharded gradients.
+DINO in FSDP on the CPU to check its optimizer parameter groups, clip FSDP-sharded gradients and
+refresh a DINOv2 Gram teacher from FSDP-sharded parameters.
 """
 
 import sys
@@ -137,6 +138,44 @@ def fsdp_clipping() -> dict:
     return results
 
 
+def fsdp_gram_refresh() -> dict:
+    """A tiny DINOv2 with Gram anchoring wrapped as trainer=fsdp wraps it (one unit per ViT block, the
+    rest in the root unit): the EMA teacher moved away from the Gram teacher, then the Gram teacher
+    refreshed from it on the shards; both backbones gathered whole afterwards."""
+    from method_toys import build
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from sslvit.methods import GramConfig
+    from sslvit.utils.fsdp import module_classes, unwrapped_name
+
+    model = build("dinov2", 4, gram=GramConfig(enabled=True))
+    policy = ModuleWrapPolicy(module_classes(["timm.models.vision_transformer.Block"]))
+    root = FullyShardedDataParallel(
+        model, auto_wrap_policy=policy, use_orig_params=True, device_id=torch.device("cpu")
+    )
+    with FullyShardedDataParallel.summon_full_params(root, writeback=True):
+        for i, p in enumerate(model.teacher["backbone"].parameters()):
+            p.add_(0.01 * (i + 1))  # as the EMA would, by a different amount per tensor
+    try:  # shard to shard without gathering the root unit: its slices do not line up
+        model.gram_teacher.refresh(model.teacher["backbone"])
+        unaligned = False
+    except RuntimeError:
+        unaligned = True
+    model.gram_teacher.refresh(model.teacher["backbone"], sharded_root=root)
+
+    def whole(network) -> dict:
+        return {unwrapped_name(n): p.detach().clone() for n, p in network.named_parameters()}
+
+    with FullyShardedDataParallel.summon_full_params(root):
+        return {
+            "gram": whole(model.gram_teacher.backbone),
+            "teacher": whole(model.teacher["backbone"]),
+            "student": whole(model.student["backbone"]),
+            "unaligned": unaligned,
+        }
+
+
 def global_teacher_logits() -> torch.Tensor:
     return torch.randn(8, 5, generator=torch.Generator().manual_seed(123))  # (world * 4, K)
 
@@ -180,6 +219,7 @@ def main(out_path: str) -> None:
     knn = knn_result(knn_model(), knn_datamodule())
     fsdp = fsdp_param_groups(Path(out_path).with_name("sharded.ckpt"))
     clipping = fsdp_clipping()
+    gram = fsdp_gram_refresh()
 
     if rank == 0:
         torch.save(
@@ -192,6 +232,7 @@ def main(out_path: str) -> None:
                 **knn,
                 "fsdp": fsdp,
                 "fsdp_clipping": clipping,
+                "fsdp_gram": gram,
             },
             out_path,
         )

@@ -24,12 +24,15 @@ import method_toys as toys
 
 from sslvit.heads import GlobalBatchNorm1d
 from sslvit.losses import KoLeoLoss
+from sslvit.methods import GramConfig
 
 GLOBAL_BATCH, STEPS = 8, 3
-# Every method, and DINO with batch norm in its head (statistics of the global batch).
+# Every method, DINO with batch norm in its head (statistics of the global batch) and DINOv2 with Gram
+# anchoring (its Gram teacher refreshed before steps 0 and 2, fed 2x crops).
 RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     **{method: (method, {}) for method in toys.METHODS},
     "dino_bn": ("dino", {"use_bn_in_head": True}),
+    "dinov2_gram": ("dinov2", {"gram": GramConfig(enabled=True, refresh_every=2)}),
 }
 
 

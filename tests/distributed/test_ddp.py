@@ -132,3 +132,14 @@ def test_clipping_fsdp_shards_equals_clipping_whole_gradients(ddp_results, mode)
         assert norms.min() < worker.CLIP_MAX_NORM < norms.max()
     for name, p in model.named_parameters():
         torch.testing.assert_close(sharded["grads"][name], p.grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.ddp
+def test_gram_teacher_refresh_under_fsdp_copies_the_whole_ema_teacher(ddp_results):
+    result = ddp_results["fsdp_gram"]
+    assert result["gram"].keys() == result["teacher"].keys()
+    for name, value in result["teacher"].items():
+        torch.testing.assert_close(result["gram"][name], value, rtol=0, atol=1e-7, msg=name)
+        # the teacher had moved from the snapshot (the student's copy): the refresh did something
+        assert (value - result["student"][name]).abs().max() > 1e-3, name
+    assert result["unaligned"]  # a name-by-name copy of the shards alone would not do

@@ -27,12 +27,15 @@ TINY_MASKED = [
         ("ibot", ["dino", "ibot"]),
         ("dinov2", ["dino", "ibot", "koleo"]),
         ("dinov2_centering", ["dino", "ibot"]),
+        ("dinov2_gram", ["dino", "ibot", "koleo", "gram"]),
     ],
 )
 def test_fast_dev_run_logs_every_loss_term(tmp_path, method, terms):
     overrides = [*TINY_MASKED, f"method={method.split('_')[0]}"]
     if method.endswith("centering"):
         overrides.append("method.teacher_targets=centering")
+    if method.endswith("gram"):
+        overrides += ["method.gram.enabled=true", "method.gram.start_step=0"]
     summary = train(compose_train_cfg(tmp_path, overrides))
     metrics = summary["metrics"]
     for term in terms:
@@ -50,9 +53,16 @@ def test_a_batch_without_masked_crops_trains(tmp_path):
     assert metrics["train/dino_loss"] == metrics["train/dino_loss"] and metrics["train/loss"] < 1e6
 
 
-def test_highres_stage_loads_a_low_resolution_checkpoint(tmp_path):
-    low = train(compose_train_cfg(tmp_path / "low", [*TINY_MASKED, "method=dinov2", "callbacks=checkpoint"]))
-    checkpoint = low["checkpoints"]["last"]
+@pytest.fixture(scope="module")
+def stage_one_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The last checkpoint of a one-step DINOv2 run on 32-px crops (a 4x4 patch grid)."""
+    out = tmp_path_factory.mktemp("stage_one")
+    low = train(compose_train_cfg(out, [*TINY_MASKED, "method=dinov2", "callbacks=checkpoint"]))
+    return str(low["checkpoints"]["last"])
+
+
+def test_highres_stage_loads_a_low_resolution_checkpoint(tmp_path, stage_one_checkpoint):
+    checkpoint = stage_one_checkpoint
     high_overrides = [
         *TINY_MASKED,
         "method=dinov2",
@@ -60,7 +70,7 @@ def test_highres_stage_loads_a_low_resolution_checkpoint(tmp_path):
         "data.transform.global_crop_size=64",  # 32 px -> 64 px: an 8x8 patch grid instead of 4x4
         f"init_from={checkpoint}",
     ]
-    cfg = compose_train_cfg(tmp_path / "high", high_overrides)
+    cfg = compose_train_cfg(tmp_path, high_overrides)
     assert cfg.backbone.img_size == 64
     summary = train(cfg)
     assert "train/koleo_loss" in summary["metrics"]
@@ -77,3 +87,14 @@ def test_highres_stage_loads_a_low_resolution_checkpoint(tmp_path):
     assert low_pos.shape[1] == 1 + 4 * 4
     # the class-token slot is carried over unchanged
     assert torch.equal(model.teacher["backbone"].pos_embed[:, 0], low_pos[:, 0])
+
+
+def test_gram_stage_refines_a_checkpoint_with_the_papers_gram_values(tmp_path, stage_one_checkpoint):
+    overrides = [*TINY_MASKED, "method=dinov2", "stage=gram", f"init_from={stage_one_checkpoint}"]
+    cfg = compose_train_cfg(tmp_path, overrides)
+    gram = cfg.method.gram
+    assert gram.enabled and gram.start_step == 0
+    assert (gram.weight, gram.refresh_every, gram.teacher_resolution_scale) == (2.0, 10000, 2.0)
+    assert cfg.method.optim.freeze_last_layer_epochs == 0
+    metrics = train(cfg)["metrics"]
+    assert 0.0 < metrics["train/gram_loss"] < 4.0  # a mean of squared cosine differences: at most 4

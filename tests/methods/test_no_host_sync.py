@@ -2,9 +2,9 @@
 
 On a GPU, ``.item()`` / ``bool(tensor)``, boolean-mask indexing, ``nonzero``, ``unique`` and their kin
 must copy a value back before Python can go on, which stalls the queue of kernels every step. Their
-aten ops are the same on the CPU, so a dispatch mode can catch them here: it watches the step (forward,
-backward, schedules, last-layer freeze, clipping, EMA update) but not the optimizer's own ``step()``,
-whose CPU step counters are host tensors on a GPU too.
+aten ops are the same on the CPU, so a dispatch mode can catch them here: it watches the step (the
+batch-start hook, forward, backward, schedules, last-layer freeze, clipping, EMA update) but not the
+optimizer's own ``step()``, whose CPU step counters are host tensors on a GPU too.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def watched_step(method: Any, trainer: Any, batch: Any, step: int) -> list[str]:
     set_global_step(trainer, step)
     watch = SyncWatch("cpu")
     with watch:
+        method.on_train_batch_start(batch, 0)  # e.g. the Gram teacher's refresh
         values = method.apply_schedules(optimizer, step)
         method.optimizer_zero_grad(0, step, optimizer)
         forward_backward(method, trainer, batch, step)
@@ -54,6 +55,8 @@ def watched_step(method: Any, trainer: Any, batch: Any, step: int) -> list[str]:
         ("dino", []),
         ("ibot", []),
         ("dinov2", []),
+        # Gram anchoring at a step that refreshes the Gram teacher, which sees 2x crops.
+        ("dinov2", ["method.gram.enabled=true", "method.gram.refresh_every=1"]),
         # Packed crops and stochastic depth on the kept samples draw their subsets on the device too.
         ("dinov2", ["backbone.pack_crops=true", "backbone.drop_path_rate=0.3"]),
         (
@@ -142,6 +145,7 @@ TINY_SPEC = RunSpec(
             "dinov2",
             ["backbone.pack_crops=true", "backbone.drop_path_rate=0.3", "backbone.num_register_tokens=2"],
         ),
+        ("dinov2", ["method.gram.enabled=true", "method.gram.refresh_every=1"]),
         (
             "dino",
             ["backbone.pack_crops=true", "backbone.drop_path_rate=0.3", "backbone.drop_path_subset=false"],
