@@ -14,14 +14,16 @@ import torch
 import torch.nn.functional as F
 
 from sslvit.backbones import MaskedViT
+from sslvit.backbones.distillation_teacher import DistillationTeacher
 from sslvit.backbones.feature_teacher import FeatureTeacher
 from sslvit.data.batch import MaskedImageBatch, MultiCropBatch
-from sslvit.methods import DINO, IBOT, BEiT, BEiTv2, DINOv2, OptimConfig
+from sslvit.heads import DINOHead
+from sslvit.methods import DINO, IBOT, BEiT, BEiTv2, DINOv2, Distillation, OptimConfig
 from sslvit.methods.dvae import DVAETraining
 from sslvit.methods.vqkd import VQKDTraining
 from sslvit.tokenizers import DVAE
 
-METHODS = ("dino", "ibot", "dinov2", "beit", "beitv2", "dvae", "vqkd")
+METHODS = ("dino", "ibot", "dinov2", "beit", "beitv2", "dvae", "vqkd", "distill")
 IMAGE, PATCH, LOCAL = 16, 4, 8  # 16-px global crops on a 4x4 grid of 4-px patches; 8-px local crops
 GRID = (IMAGE // PATCH) ** 2
 HEAD = {"out_dim": 32, "hidden_dim": 24, "bottleneck_dim": 8}
@@ -45,6 +47,15 @@ def backbone(**kwargs: Any) -> MaskedViT:
     return MaskedViT(img_size=IMAGE, patch_size=PATCH, embed_dim=24, depth=2, num_heads=2, **kwargs)
 
 
+def distillation_teacher() -> DistillationTeacher:
+    """A wider frozen teacher (32-d against the student's 24) with its own DINO and iBOT heads."""
+    wide = MaskedViT(img_size=IMAGE, patch_size=PATCH, embed_dim=32, depth=2, num_heads=2)
+    head_shape = {"hidden_dim": 20, "bottleneck_dim": 6}  # the student's heads have their own shape
+    return DistillationTeacher(
+        wide, DINOHead(32, HEAD["out_dim"], **head_shape), DINOHead(32, HEAD["out_dim"] // 2, **head_shape)
+    )
+
+
 def tiny_tokenizer() -> DVAE:
     """A 4x-downsampling dVAE: a 16-px view -> the 4x4 patch grid."""
     return DVAE(vocab_size=8, downsample=4, hidden_dim=4, input_kernel=3)
@@ -54,13 +65,16 @@ def build(method: str, batch_size_per_device: int, **kwargs: Any) -> Any:
     """A tiny ``method`` (one of :data:`METHODS`) seeded with 0; ``kwargs`` go to the method."""
     torch.manual_seed(0)
     o = optim(batch_size_per_device)
-    distill = {"warmup_teacher_temp_epochs": 1, **kwargs}
+    shared = {"warmup_teacher_temp_epochs": 1, **kwargs}
     if method == "dino":
-        return DINO(backbone(), o, **HEAD, **distill)
+        return DINO(backbone(), o, **HEAD, **shared)
     if method == "ibot":
-        return IBOT(backbone(), o, patch_out_dim=HEAD["out_dim"], **HEAD, **distill)
+        return IBOT(backbone(), o, patch_out_dim=HEAD["out_dim"], **HEAD, **shared)
     if method == "dinov2":
-        return DINOv2(backbone(), o, patch_out_dim=HEAD["out_dim"], **HEAD, **distill)
+        return DINOv2(backbone(), o, patch_out_dim=HEAD["out_dim"], **HEAD, **shared)
+    if method == "distill":
+        student_heads = {"hidden_dim": HEAD["hidden_dim"], "bottleneck_dim": HEAD["bottleneck_dim"]}
+        return Distillation(backbone(), o, distillation_teacher(), **student_heads, **shared)
     beit_vit = {"rel_pos_bias": True, "layerscale_init": 0.1}
     if method == "beit":
         return BEiT(backbone(**beit_vit), o, tiny_tokenizer(), **kwargs)
@@ -98,8 +112,8 @@ def global_batch(method: str, batch_size: int, seed: int) -> MultiCropBatch | Ma
             masks=equal_count_masks(batch_size, 6, g),
         )
     views = 1 if method == "vqkd" else 2
-    local_views = 2 if method in ("dino", "ibot", "dinov2") else 0
-    masked = method in ("ibot", "dinov2")
+    local_views = 2 if method in ("dino", "ibot", "dinov2", "distill") else 0
+    masked = method in ("ibot", "dinov2", "distill")  # distill: the iBOT loss's tokens, nothing masked
     return MultiCropBatch(
         global_crops=[torch.randn(batch_size, 3, IMAGE, IMAGE, generator=g) for _ in range(views)],
         local_crops=[torch.randn(batch_size, 3, LOCAL, LOCAL, generator=g) for _ in range(local_views)],

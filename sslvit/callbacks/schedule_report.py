@@ -24,7 +24,8 @@ def output_sizes(module: L.LightningModule) -> list[str]:
     """The prototypes of the student's heads and the number of codes of every tokenizer."""
     sizes = []
     for name, child in module.named_modules():
-        if isinstance(child, DINOHead) and not name.startswith("teacher"):  # the EMA copy is the same
+        # The EMA copy has the student's sizes; a frozen distillation teacher's heads are not trained here.
+        if isinstance(child, DINOHead) and not name.startswith(("teacher", "frozen_teacher")):
             sizes.append(f"{name.rsplit('.', 1)[-1]} {child.prototypes.shape[0]} prototypes")
         elif isinstance(child, VisualTokenizer):  # trained here (dVAE, VQ-KD) or BEiT's target
             sizes.append(f"{name.rsplit('.', 1)[-1]} {int(child.vocab_size)} codes")

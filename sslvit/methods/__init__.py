@@ -3,6 +3,7 @@ from sslvit.methods.beit import BEiT
 from sslvit.methods.beitv2 import BEiTv2
 from sslvit.methods.dino import DINO
 from sslvit.methods.dinov2 import DINOv2
+from sslvit.methods.distill import Distillation
 from sslvit.methods.dvae import DVAETraining
 from sslvit.methods.ema_teacher import EMATeacher
 from sslvit.methods.gram_teacher import GramConfig, GramTeacher
@@ -18,6 +19,7 @@ __all__ = [
     "BEiTv2",
     "DINOv2",
     "DVAETraining",
+    "Distillation",
     "EMATeacher",
     "GramConfig",
     "GramTeacher",

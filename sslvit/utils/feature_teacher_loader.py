@@ -49,12 +49,24 @@ def load_feature_teacher(
 def _backbone_from_run(path: str, in_chans: int | None = None) -> nn.Module:
     source = f"teacher.path={path}"
     checkpoint = read_checkpoint(path, source)
-    run_cfg = checkpoint.get(RUN_CONFIG_KEY)
-    if not isinstance(run_cfg, dict) or not run_cfg.get("backbone") or "state_dict" not in checkpoint:
+    if not is_run_checkpoint(checkpoint):
         raise ValueError(
             f"{source} is not a checkpoint of sslvit's train.py (no {RUN_CONFIG_KEY} with a backbone); "
             "for other weights use teacher.arch=<timm name> teacher.weights=<file>"
         )
+    return backbone_from_run(checkpoint, source)
+
+
+def is_run_checkpoint(checkpoint: dict) -> bool:
+    """Whether a loaded file is a checkpoint of our train.py (weights and the run's backbone config)."""
+    run_cfg = checkpoint.get(RUN_CONFIG_KEY)
+    return isinstance(run_cfg, dict) and bool(run_cfg.get("backbone")) and "state_dict" in checkpoint
+
+
+def backbone_from_run(checkpoint: dict, source: str) -> nn.Module:
+    """The backbone of one of our run checkpoints (:func:`is_run_checkpoint`), with its evaluation
+    weights: the EMA teacher's where the run has one, else the student's."""
+    run_cfg = checkpoint[RUN_CONFIG_KEY]
     # The backbone config of the teacher's own run: built only from allowed classes.
     stored = dict(run_cfg["backbone"])
     if in_chans is not None and "in_chans" in stored:

@@ -19,9 +19,14 @@ from toys import CONF_DIR
 
 from sslvit.data.transforms import GaussianBlur
 
-METHODS = ["dino", "ibot", "dinov2", "beit", "beitv2", "dvae", "vqkd"]
+METHODS = ["dino", "ibot", "dinov2", "beit", "beitv2", "dvae", "vqkd", "distill"]
 # The keys a method needs from the command line (a tokenizer or a teacher file), set to dummy paths.
-REQUIRED = {"beit": ["tokenizer.path=/t.pt"], "beitv2": ["tokenizer.path=/t.pt"], "vqkd": ["teacher.path=/t"]}
+REQUIRED = {
+    "beit": ["tokenizer.path=/t.pt"],
+    "beitv2": ["tokenizer.path=/t.pt"],
+    "vqkd": ["teacher.path=/t"],
+    "distill": ["teacher.path=/t"],
+}
 OTHER_DATA = {
     "imagenet": ["data=imagenet", "data.root=/data/imagenet"],
     "folder": ["data=folder", "data.root=/x"],

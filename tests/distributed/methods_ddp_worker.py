@@ -83,7 +83,7 @@ def train(run: str, out_dir: Path, rank: int = 0, world: int = 1) -> dict[str, A
     """Fit run ``run`` for STEPS steps on this process's share of the global batches; its final state."""
     method, kwargs = RUNS[run]
     model = toys.build(method, GLOBAL_BATCH // world, **kwargs)
-    if method == "dinov2" and world == 1:
+    if method in ("dinov2", "distill") and world == 1:
         model.koleo_loss = PerShardKoLeo(shards=2)  # the per-process KoLeo of the 2-process run
     batches = [
         toys.shard(toys.global_batch(method, GLOBAL_BATCH, seed), rank, world) for seed in range(STEPS)

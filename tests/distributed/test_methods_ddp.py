@@ -58,7 +58,8 @@ def rounding_only(name: str, value: torch.Tensor, batch_norm_head: bool) -> torc
 
 @pytest.mark.ddp
 @pytest.mark.parametrize(
-    "run", ["dino", "ibot", "dinov2", "beit", "beitv2", "dvae", "vqkd", "dino_bn", "dinov2_gram"]
+    "run",
+    ["dino", "ibot", "dinov2", "beit", "beitv2", "dvae", "vqkd", "distill", "dino_bn", "dinov2_gram"],
 )
 def test_two_processes_on_halves_equal_one_process_on_the_batch(ddp: dict, out_dir: Path, run: str) -> None:
     assert ddp["world"] == 2

@@ -29,10 +29,16 @@ def test_only_declared_parameters_lack_a_gradient(method: str, tmp_path) -> None
         trainer.fit(model, torch.utils.data.DataLoader([global_batch(method, 4, seed=0)], batch_size=None))
     assert record.without == set(getattr(model, "unused_parameters", ()))
     # hidden from DDP, kept in the state dict for evaluation, checkpoints and init_from
-    assert getattr(model, "_ddp_params_and_buffers_to_ignore", []) == list(
-        getattr(model, "unused_parameters", ())
+    unused = list(getattr(model, "unused_parameters", ()))
+    hidden = getattr(model, "_ddp_params_and_buffers_to_ignore", [])
+    assert hidden[: len(unused)] == unused
+    # anything else hidden is a frozen network's (the distillation teacher): nothing DDP would reduce
+    params, state = dict(model.named_parameters()), model.state_dict()
+    assert all(
+        name in state and not (name in params and params[name].requires_grad)
+        for name in hidden[len(unused) :]
     )
-    assert all(name in model.state_dict() for name in record.without)
+    assert all(name in state for name in record.without)
 
 
 def test_a_misspelt_unused_parameter_is_one_clear_error() -> None:
