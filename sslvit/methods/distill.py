@@ -123,8 +123,9 @@ class Distillation(SelfDistillationModule):
         heads = [self.student["dino_head"], self.student["ibot_head"]]
         return [p for head in heads for p in head.last_layer_parameters]  # type: ignore[union-attr]
 
-    def current_teacher_temp(self) -> float:
-        return self.warmup_over_epochs(*self.teacher_temps, self.warmup_teacher_temp_epochs)
+    def teacher_temp_at(self, step: int) -> float:
+        """The teacher temperature of optimizer step ``step``: a new value every step, as DINOv2."""
+        return self.warmup_per_step(step, *self.teacher_temps, self.warmup_teacher_temp_epochs)
 
     def ibot_positions(
         self, batch: MultiCropBatch, globals_: torch.Tensor
@@ -146,7 +147,7 @@ class Distillation(SelfDistillationModule):
         selected, indices = self.ibot_positions(batch, globals_)  # (G*B, N), (M,)
         self.log_skipped(batch.num_skipped)
 
-        temp = self.current_teacher_temp()
+        temp = self.teacher_temp_at(self.trainer.global_step)
         teacher = self.frozen_teacher
         targets = teacher_targets(  # under no_grad: nothing flows back into the teacher
             teacher.backbone,

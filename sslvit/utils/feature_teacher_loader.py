@@ -54,7 +54,7 @@ def _backbone_from_run(path: str, in_chans: int | None = None) -> nn.Module:
             f"{source} is not a checkpoint of sslvit's train.py (no {RUN_CONFIG_KEY} with a backbone); "
             "for other weights use teacher.arch=<timm name> teacher.weights=<file>"
         )
-    return backbone_from_run(checkpoint, source)
+    return backbone_from_run(checkpoint, source, in_chans)
 
 
 def is_run_checkpoint(checkpoint: dict) -> bool:
@@ -63,9 +63,10 @@ def is_run_checkpoint(checkpoint: dict) -> bool:
     return isinstance(run_cfg, dict) and bool(run_cfg.get("backbone")) and "state_dict" in checkpoint
 
 
-def backbone_from_run(checkpoint: dict, source: str) -> nn.Module:
+def backbone_from_run(checkpoint: dict, source: str, in_chans: int | None = None) -> nn.Module:
     """The backbone of one of our run checkpoints (:func:`is_run_checkpoint`), with its evaluation
-    weights: the EMA teacher's where the run has one, else the student's."""
+    weights: the EMA teacher's where the run has one, else the student's; built for ``in_chans``
+    channels when given (the patch embedding adapted), else the run's own."""
     run_cfg = checkpoint[RUN_CONFIG_KEY]
     # The backbone config of the teacher's own run: built only from allowed classes.
     stored = dict(run_cfg["backbone"])
