@@ -164,11 +164,12 @@ def test_default_job_is_dino_with_its_fashion_mnist_values():
         cfg = compose(config_name="config")
         other = compose(config_name="config", overrides=["method=dinov2"])
     assert cfg.method._target_ == "sslvit.methods.DINO"
-    # conf/small_data/fashion_mnist/dino.yaml: 3 x 200 steps, global crops only, head BN
-    assert cfg.trainer.max_epochs * cfg.trainer.limit_train_batches == 600
-    assert cfg.data.transform.num_local_crops == 0 and cfg.method.use_bn_in_head
+    # conf/small_data/fashion_mnist/dino.yaml: 2 x 200 steps of batch 64, 4 blocks, global crops only, head BN
+    assert cfg.trainer.max_epochs * cfg.trainer.limit_train_batches == 400 and cfg.data.batch_size == 64
+    assert cfg.backbone.depth == 4 and cfg.data.transform.num_local_crops == 0 and cfg.method.use_bn_in_head
     # the DINO-only values do not leak into another method's
-    assert other.trainer.max_epochs == 2 and other.data.transform.num_local_crops == 4
+    assert other.backbone.depth == 12 and other.data.batch_size == 32 and other.trainer.max_epochs == 2
+    assert other.data.transform.num_local_crops == 4
 
 
 def test_photometric_ops_on_the_device_train_end_to_end(tmp_path):
