@@ -10,12 +10,12 @@ from torch import nn
 
 from sslvit.data.batch import MultiCropBatch
 from sslvit.heads import DINOHead
-from sslvit.losses import Centering, DINOLoss, GramLoss, IBOTPatchLoss, KoLeoLoss, SinkhornKnopp
+from sslvit.losses import DINOLoss, GramLoss, IBOTPatchLoss, KoLeoLoss
 from sslvit.methods.gram_teacher import GramConfig, GramTeacher
 from sslvit.methods.multicrop import student_crop_features
 from sslvit.methods.optim_config import OptimConfig
 from sslvit.methods.self_distillation import SelfDistillationModule
-from sslvit.methods.teacher_targets import teacher_targets
+from sslvit.methods.teacher_targets import target_normalisers, teacher_targets
 from sslvit.utils.masked_tokens import gather_masked
 
 
@@ -79,14 +79,9 @@ class DINOv2(SelfDistillationModule):
         self.student["dino_head"] = DINOHead(self.embed_dim, out_dim, *head_args)
         self.student["ibot_head"] = DINOHead(self.embed_dim, patch_out_dim, *head_args)
         self.build_teacher(momentum_teacher, momentum_teacher_end)
-        if teacher_targets == "sinkhorn_knopp":
-            self.cls_targets: SinkhornKnopp | Centering = SinkhornKnopp(sinkhorn_iterations)
-            self.patch_targets: SinkhornKnopp | Centering = SinkhornKnopp(sinkhorn_iterations)
-        elif teacher_targets == "centering":
-            self.cls_targets = Centering(out_dim, center_momentum)
-            self.patch_targets = Centering(patch_out_dim, center_momentum)
-        else:
-            raise ValueError(f"teacher_targets must be sinkhorn_knopp or centering, got {teacher_targets!r}")
+        self.cls_targets, self.patch_targets = target_normalisers(
+            teacher_targets, out_dim, patch_out_dim, sinkhorn_iterations, center_momentum
+        )
         self.dino_loss = DINOLoss(student_temp)
         self.ibot_loss = IBOTPatchLoss(student_temp)
         self.koleo_loss = KoLeoLoss()

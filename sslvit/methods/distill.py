@@ -11,11 +11,11 @@ from torch import nn
 from sslvit.backbones.distillation_teacher import DistillationTeacher
 from sslvit.data.batch import MultiCropBatch
 from sslvit.heads import DINOHead
-from sslvit.losses import Centering, DINOLoss, IBOTPatchLoss, KoLeoLoss, SinkhornKnopp
+from sslvit.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss
 from sslvit.methods.multicrop import student_crop_features
 from sslvit.methods.optim_config import OptimConfig
 from sslvit.methods.self_distillation import SelfDistillationModule
-from sslvit.methods.teacher_targets import teacher_targets
+from sslvit.methods.teacher_targets import target_normalisers, teacher_targets
 from sslvit.utils.masked_tokens import gather_masked
 
 
@@ -97,14 +97,9 @@ class Distillation(SelfDistillationModule):
         self.student["ibot_head"] = DINOHead(self.embed_dim, patch_out_dim, *head_args)
         self.build_teacher(ema_momentum, ema_momentum_end)  # the spare EMA of the student
         self.frozen_teacher = self.keep_frozen(teacher)
-        if teacher_targets == "sinkhorn_knopp":
-            self.cls_targets: SinkhornKnopp | Centering = SinkhornKnopp(sinkhorn_iterations)
-            self.patch_targets: SinkhornKnopp | Centering = SinkhornKnopp(sinkhorn_iterations)
-        elif teacher_targets == "centering":
-            self.cls_targets = Centering(out_dim, center_momentum)
-            self.patch_targets = Centering(patch_out_dim, center_momentum)
-        else:
-            raise ValueError(f"teacher_targets must be sinkhorn_knopp or centering, got {teacher_targets!r}")
+        self.cls_targets, self.patch_targets = target_normalisers(
+            teacher_targets, out_dim, patch_out_dim, sinkhorn_iterations, center_momentum
+        )
         self.dino_loss = DINOLoss(student_temp)
         self.ibot_loss = IBOTPatchLoss(student_temp)
         self.koleo_loss = KoLeoLoss()

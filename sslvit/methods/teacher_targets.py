@@ -12,6 +12,18 @@ from sslvit.losses import Centering, SinkhornKnopp
 from sslvit.utils.masked_tokens import gather_masked
 
 
+def target_normalisers(
+    kind: str, out_dim: int, patch_out_dim: int, sinkhorn_iterations: int, center_momentum: float
+) -> tuple[SinkhornKnopp | Centering, SinkhornKnopp | Centering]:
+    """The CLS and patch target normalisers of DINOv2-style losses: Sinkhorn-Knopp (the paper's) or
+    DINO's centring, one each so that the two heads keep separate statistics."""
+    if kind == "sinkhorn_knopp":
+        return SinkhornKnopp(sinkhorn_iterations), SinkhornKnopp(sinkhorn_iterations)
+    if kind == "centering":
+        return Centering(out_dim, center_momentum), Centering(patch_out_dim, center_momentum)
+    raise ValueError(f"teacher_targets must be sinkhorn_knopp or centering, got {kind!r}")
+
+
 @dataclass
 class TeacherTargets:
     """Targets of one step.
