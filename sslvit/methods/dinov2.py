@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from sslvit.data.batch import MultiCropBatch
@@ -16,6 +15,7 @@ from sslvit.methods.multicrop import student_crop_features
 from sslvit.methods.optim_config import OptimConfig
 from sslvit.methods.self_distillation import SelfDistillationModule
 from sslvit.methods.teacher_targets import target_normalisers, teacher_targets
+from sslvit.utils.fsdp import sharded_root
 from sslvit.utils.masked_tokens import gather_masked
 
 
@@ -110,9 +110,7 @@ class DINOv2(SelfDistillationModule):
         changes only after the optimizer step), so the snapshot is the same.
         """
         if self.gram_teacher is not None and self.gram_teacher.due(self.trainer.global_step):
-            strategy = self.trainer.strategy
-            root = strategy.model if isinstance(strategy, FSDPStrategy) else None
-            self.gram_teacher.refresh(self.teacher["backbone"], sharded_root=root)
+            self.gram_teacher.refresh(self.teacher["backbone"], sharded_root=sharded_root(self.trainer))
 
     def gram_targets(self, global_crops: torch.Tensor) -> torch.Tensor | None:
         """The Gram teacher's ``(G*B, N, D)`` patch features of the global crops, or None at a step without

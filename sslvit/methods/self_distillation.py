@@ -6,6 +6,7 @@ import torch
 
 from sslvit.methods.ema_teacher import EMATeacher
 from sslvit.methods.vit_pretraining import ViTPretrainingModule
+from sslvit.utils.fsdp import sharded_root
 
 
 class SelfDistillationModule(ViTPretrainingModule):
@@ -27,7 +28,9 @@ class SelfDistillationModule(ViTPretrainingModule):
         return {"momentum": self.teacher.momentum(step, self.total_steps)}
 
     def on_optimizer_step_done(self, values: dict[str, float]) -> None:
-        self.teacher.ema_update(self.student, values["momentum"], self.step_guard.applied)
+        self.teacher.ema_update(
+            self.student, values["momentum"], self.step_guard.applied, sharded_root=sharded_root(self.trainer)
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B,C,H,W) images -> (B,D) teacher CLS features (evaluation features)."""

@@ -95,3 +95,15 @@ def mixed_precision(
     return MixedPrecision(
         param_dtype=dtype(param_dtype), reduce_dtype=dtype(reduce_dtype), buffer_dtype=dtype(buffer_dtype)
     )
+
+
+def sharded_root(trainer: Any) -> nn.Module | None:
+    """The FSDP root module of a Lightning trainer training under ``FSDPStrategy``, else None.
+
+    Code that pairs student and teacher parameters by name (the EMA update, the Gram teacher refresh)
+    needs it to gather the root unit, whose flat parameter holds both networks' unwrapped parameters.
+    """
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    strategy = trainer.strategy
+    return strategy.model if isinstance(strategy, FSDPStrategy) else None

@@ -4,7 +4,7 @@ Each rank feeds its own shard of a fixed global batch to the distributed buildin
 saves the results, which the test compares with one process holding the concatenated batch. The same
 processes also run the k-NN evaluation path (sharded eval loaders, gathered features) and wrap a tiny
 DINO in FSDP on the CPU to check its optimizer parameter groups, clip FSDP-sharded gradients and
-refresh a DINOv2 Gram teacher from FSDP-sharded parameters.
+refresh a DINOv2 Gram teacher and update an EMA teacher from FSDP-sharded parameters.
 """
 
 import sys
@@ -176,6 +176,44 @@ def fsdp_gram_refresh() -> dict:
         }
 
 
+def fsdp_ema_update() -> dict:
+    """A tiny DINO wrapped with conf/trainer/fsdp.yaml's wrap policy, its student moved, then one EMA
+    teacher update on the shards (the root unit gathered); both networks gathered whole before and after."""
+    from method_toys import build
+    from omegaconf import OmegaConf
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from sslvit.utils.fsdp import module_classes, unwrapped_name
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    names = OmegaConf.load(conf / "trainer" / "fsdp.yaml").strategy.auto_wrap_policy.names
+    model = build("dino", 4)
+    policy = ModuleWrapPolicy(module_classes(list(names)))
+    root = FullyShardedDataParallel(
+        model, auto_wrap_policy=policy, use_orig_params=True, device_id=torch.device("cpu")
+    )
+
+    def whole(network) -> dict:
+        return {unwrapped_name(n): p.detach().clone() for n, p in network.named_parameters()}
+
+    with torch.no_grad(), FullyShardedDataParallel.summon_full_params(root, writeback=True):
+        for i, p in enumerate(model.student.parameters()):
+            p.add_(0.01 * (i + 1))  # as optimizer steps would, by a different amount per tensor
+    with FullyShardedDataParallel.summon_full_params(root):
+        before = {"teacher": whole(model.teacher), "student": whole(model.student)}
+    try:  # shard to shard without gathering the root unit: its slices do not line up
+        model.teacher.ema_update(model.student, 0.9)
+        unaligned = False
+    except ValueError:
+        unaligned = True
+    model.teacher.ema_update(model.student, 0.9, sharded_root=root)
+    with FullyShardedDataParallel.summon_full_params(root):
+        after = whole(model.teacher)
+    wrapped = [n for n, _ in model.named_modules() if n.endswith("_fsdp_wrapped_module")]
+    return {**before, "after": after, "unaligned": unaligned, "wrapped": wrapped}
+
+
 def global_teacher_logits() -> torch.Tensor:
     return torch.randn(8, 5, generator=torch.Generator().manual_seed(123))  # (world * 4, K)
 
@@ -220,6 +258,7 @@ def main(out_path: str) -> None:
     fsdp = fsdp_param_groups(Path(out_path).with_name("sharded.ckpt"))
     clipping = fsdp_clipping()
     gram = fsdp_gram_refresh()
+    ema = fsdp_ema_update()
 
     if rank == 0:
         torch.save(
@@ -233,6 +272,7 @@ def main(out_path: str) -> None:
                 "fsdp": fsdp,
                 "fsdp_clipping": clipping,
                 "fsdp_gram": gram,
+                "fsdp_ema": ema,
             },
             out_path,
         )

@@ -143,3 +143,19 @@ def test_gram_teacher_refresh_under_fsdp_copies_the_whole_ema_teacher(ddp_result
         # the teacher had moved from the snapshot (the student's copy): the refresh did something
         assert (value - result["student"][name]).abs().max() > 1e-3, name
     assert result["unaligned"]  # a name-by-name copy of the shards alone would not do
+
+
+@pytest.mark.ddp
+def test_ema_teacher_update_under_fsdp_equals_the_update_of_whole_networks(ddp_results):
+    """trainer=fsdp's wrap policy: blocks and heads average shard to shard, the root unit is gathered."""
+    result = ddp_results["fsdp_ema"]
+    assert "student.head._fsdp_wrapped_module" in result["wrapped"]  # heads are units of their own
+    assert "teacher.head._fsdp_wrapped_module" in result["wrapped"]
+    assert "teacher.backbone.blocks.0._fsdp_wrapped_module" in result["wrapped"]
+    assert result["unaligned"]  # without the root unit gathered the pairs do not line up: a clear error
+    teacher, student = result["teacher"], result["student"]
+    assert result["after"].keys() == teacher.keys()
+    for name, value in result["after"].items():
+        expected = teacher[name].lerp(student[name], 0.1)
+        torch.testing.assert_close(value, expected, rtol=0, atol=1e-6, msg=name)
+        assert (value - teacher[name]).abs().max() > 1e-5, name  # the student had moved: so did the teacher

@@ -34,7 +34,9 @@ def test_ema_runs_once_per_optimizer_step_under_accumulation(monkeypatch):
     momenta = []
     original = model.teacher.ema_update
     monkeypatch.setattr(
-        model.teacher, "ema_update", lambda s, m, applied: (momenta.append(m), original(s, m, applied))
+        model.teacher,
+        "ema_update",
+        lambda s, m, applied, **kw: (momenta.append(m), original(s, m, applied, **kw)),
     )
     trainer = fit(model, multicrop_batches(6), max_epochs=1, accumulate_grad_batches=3)
     assert trainer.global_step == 2

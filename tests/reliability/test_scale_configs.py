@@ -13,6 +13,7 @@ from timm.models.vision_transformer import Block
 from toys import CONF_DIR, loader, multicrop_batches, tiny_dino
 
 from sslvit.config import register_resolvers
+from sslvit.heads import DINOHead
 from sslvit.utils.checkpoint_io import AtomicCheckpointIO
 from sslvit.utils.fsdp import mixed_precision, module_classes, unwrapped_name
 
@@ -40,7 +41,7 @@ def test_fsdp_config_builds_the_strategy():
     assert strategy._state_dict_type == "sharded"
     assert strategy.kwargs["use_orig_params"] is True  # param groups by name keep working
     policy = strategy.kwargs["auto_wrap_policy"]
-    assert policy._module_classes == {Block}  # one FSDP unit per transformer block
+    assert policy._module_classes == {Block, DINOHead}  # one FSDP unit per transformer block and head
     precision = strategy.mixed_precision_config
     assert (precision.param_dtype, precision.reduce_dtype, precision.buffer_dtype) == (
         torch.bfloat16,
