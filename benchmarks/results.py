@@ -10,7 +10,8 @@ another. Everything is read back from the runs' ``csv/metrics.csv``, where the k
 ``val/knn_top1`` with ``val/wall_s`` and ``val/images_seen`` at every evaluation, and its references
 ``val/knn_top1_pixels`` and ``val/knn_top1_init``. Writes ``<out>/curves.png`` (k-NN against
 wall-clock seconds and against images seen; raw pixels and init as horizontal lines) and
-``<out>/results.md`` (method, command, best and final k-NN, pixels, init, wall time, images seen).
+``<out>/results.md`` (method, command, best and final k-NN, pixels, init, wall time, images seen, and
+where the curve reaches raw pixels: measured, or extrapolated from its last evaluations).
 With ``--write-docs`` the figure and the table also replace the text between ``<!-- results:begin -->``
 and ``<!-- results:end -->`` in docs/results.md (the figure goes to docs/figures/).
 """
@@ -89,6 +90,54 @@ class Run:
     @property
     def final(self) -> float | None:
         return self.knn[-1] if self.knn else None
+
+
+FIT_POINTS = 3  # evaluations at the end of a curve that the extrapolation to raw pixels fits
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """Where a k-NN curve reaches the raw-pixel k-NN: measured, or extrapolated."""
+
+    images: float
+    wall_s: float
+    measured: bool
+
+
+def log_linear_crossing(xs: list[float], ys: list[float], level: float) -> float | None:
+    """``x`` where the least-squares line ``y = a + b ln x`` through the points reaches ``level``.
+
+    None when the points do not rise (``b <= 0``) or there are fewer than two. Accuracy against the log
+    of the budget is close to a line over a decade or two of self-supervised training; past the points
+    it is a guide (the end of a cosine schedule flattens a curve, which makes the guess pessimistic).
+    """
+    points = [(math.log(x), y) for x, y in zip(xs, ys) if x > 0 and math.isfinite(x)]
+    if len(points) < 2:
+        return None
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    if spread == 0:
+        return None
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+    if slope <= 0:
+        return None
+    return math.exp(mean_x + (level - mean_y) / slope)
+
+
+def pixels_crossing(run: Run) -> Crossing | None:
+    """The first evaluation at or above raw pixels, else the extrapolation of the last evaluations."""
+    if run.pixels is None or not run.knn:
+        return None
+    for knn, images, wall in zip(run.knn, run.images, run.wall_s):
+        if knn >= run.pixels:
+            return Crossing(images, wall, measured=True)
+    tail = slice(-FIT_POINTS, None)
+    images = log_linear_crossing(run.images[tail], run.knn[tail], run.pixels)
+    wall = log_linear_crossing(run.wall_s[tail], run.knn[tail], run.pixels)
+    if images is None or wall is None:
+        return None
+    return Crossing(images, wall, measured=False)
 
 
 def load_recipes(path: Path) -> list[Recipe]:
@@ -247,17 +296,35 @@ def _images(images: list[float]) -> str:
     return "—" if not images or math.isnan(images[-1]) else f"{images[-1]:,.0f}"
 
 
+def _crossing(run: Run) -> str:
+    crossing = pixels_crossing(run)
+    if crossing is None:
+        return "—"
+    seconds = crossing.wall_s
+    wall = (
+        f"{seconds / 3600:.1f} h"
+        if seconds >= 3600
+        else f"{seconds / 60:.0f} min"
+        if seconds >= 60
+        else f"{seconds:.0f} s"
+    )
+    if crossing.measured:
+        return f"{crossing.images:,.0f} images, {wall} (measured)"
+    return f"~{crossing.images:,.0f} images, ~{wall} (extrapolated)"
+
+
 def table(runs: list[Run]) -> str:
     """The markdown table: one row per run."""
     lines = [
-        "| method | command | best k-NN | final k-NN | raw pixels | init | wall time | images seen |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | command | best k-NN | final k-NN | raw pixels | init | wall time | images seen | "
+        "reaches pixels at |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         label = run.label if run.status == "completed" else f"{run.label} ({run.status})"
         lines.append(
             f"| {label} | `{run.command}` | {_pct(run.best)} | {_pct(run.final)} | {_pct(run.pixels)} | "
-            f"{_pct(run.init)} | {_wall(run.wall_s)} | {_images(run.images)} |"
+            f"{_pct(run.init)} | {_wall(run.wall_s)} | {_images(run.images)} | {_crossing(run)} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -106,3 +107,24 @@ def test_bad_recipes_are_one_line_errors(tmp_path: Path) -> None:
         results.resolve("tokenizer.path={run:VQ-KD}/tokenizer.pt", {})
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         results.main(["--from-runs", str(tmp_path), "--out", str(tmp_path / "o")])
+
+
+def test_log_linear_crossing_solves_the_fitted_line() -> None:
+    # y = 50 + 10 ln(x / 1000) exactly: 80 is reached at x = 1000 e^3
+    xs = [1000.0, 2000.0, 4000.0]
+    ys = [50 + 10 * math.log(x / 1000) for x in xs]
+    assert results.log_linear_crossing(xs, ys, 80.0) == pytest.approx(1000 * math.e**3, rel=1e-9)
+    assert results.log_linear_crossing(xs, ys[::-1], 80.0) is None  # a falling curve never gets there
+    assert results.log_linear_crossing([1000.0], [50.0], 80.0) is None
+
+
+def test_pixels_crossing_is_measured_when_reached_else_extrapolated(tmp_path: Path) -> None:
+    run = results.Run("x", "cmd", tmp_path, "completed", pixels=80.0)
+    run.images, run.wall_s, run.knn = [100.0, 200.0, 400.0, 800.0], [10.0, 20.0, 40.0, 80.0], [60, 70, 75, 78]
+    guess = results.pixels_crossing(run)
+    assert guess is not None and not guess.measured
+    assert 800 < guess.images < 3200 and 80 < guess.wall_s < 320  # from the last 3 points only
+    assert "(extrapolated)" in results.table([run])
+    run.knn = [60, 81, 75, 78]
+    assert results.pixels_crossing(run) == results.Crossing(200.0, 20.0, measured=True)
+    assert "200 images, 20 s (measured)" in results.table([run])
