@@ -11,7 +11,7 @@ another. Everything is read back from the runs' ``csv/metrics.csv``, where the k
 ``val/knn_top1_pixels`` and ``val/knn_top1_init``. Writes ``<out>/curves.png`` (k-NN against
 wall-clock seconds and against images seen; raw pixels and init as horizontal lines) and
 ``<out>/results.md`` (method, command, best and final k-NN, pixels, init, wall time, images seen, and
-where the curve reaches raw pixels: measured, or extrapolated from its last evaluations).
+where the curve reaches raw pixels: measured, or extrapolated from the second half of its evaluations).
 With ``--write-docs`` the figure and the table also replace the text between ``<!-- results:begin -->``
 and ``<!-- results:end -->`` in docs/results.md (the figure goes to docs/figures/).
 """
@@ -92,7 +92,6 @@ class Run:
         return self.knn[-1] if self.knn else None
 
 
-FIT_POINTS = 3  # evaluations at the end of a curve that the extrapolation to raw pixels fits
 
 
 @dataclass(frozen=True)
@@ -126,13 +125,17 @@ def log_linear_crossing(xs: list[float], ys: list[float], level: float) -> float
 
 
 def pixels_crossing(run: Run) -> Crossing | None:
-    """The first evaluation at or above raw pixels, else the extrapolation of the last evaluations."""
+    """The first evaluation at or above raw pixels, else the extrapolation of the curve's second half.
+
+    The second half (at least two evaluations): early points, still in the warm-up, rise faster than
+    the rest of a run and would make the guess optimistic.
+    """
     if run.pixels is None or not run.knn:
         return None
     for knn, images, wall in zip(run.knn, run.images, run.wall_s):
         if knn >= run.pixels:
             return Crossing(images, wall, measured=True)
-    tail = slice(-FIT_POINTS, None)
+    tail = slice(-max(2, len(run.knn) // 2), None)
     images = log_linear_crossing(run.images[tail], run.knn[tail], run.pixels)
     wall = log_linear_crossing(run.wall_s[tail], run.knn[tail], run.pixels)
     if images is None or wall is None:

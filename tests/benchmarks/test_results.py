@@ -123,7 +123,7 @@ def test_pixels_crossing_is_measured_when_reached_else_extrapolated(tmp_path: Pa
     run.images, run.wall_s, run.knn = [100.0, 200.0, 400.0, 800.0], [10.0, 20.0, 40.0, 80.0], [60, 70, 75, 78]
     guess = results.pixels_crossing(run)
     assert guess is not None and not guess.measured
-    assert 800 < guess.images < 3200 and 80 < guess.wall_s < 320  # from the last 3 points only
+    assert 800 < guess.images < 3200 and 80 < guess.wall_s < 320  # from the second half only
     assert "(extrapolated)" in results.table([run])
     run.knn = [60, 81, 75, 78]
     assert results.pixels_crossing(run) == results.Crossing(200.0, 20.0, measured=True)
