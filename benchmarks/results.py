@@ -92,8 +92,6 @@ class Run:
         return self.knn[-1] if self.knn else None
 
 
-
-
 @dataclass(frozen=True)
 class Crossing:
     """Where a k-NN curve reaches the raw-pixel k-NN: measured, or extrapolated."""
